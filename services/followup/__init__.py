@@ -1,0 +1,1 @@
+"""The followup service: follow-up policies, schedules, reminders, on-time stats."""

@@ -1,0 +1,1 @@
+"""The funnel service: funnel definitions, stage transitions, conversion reports."""

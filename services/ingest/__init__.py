@@ -1,0 +1,1 @@
+"""The ingest service: Segment-compatible tracking API, identity stitching, timelines, quarantine."""

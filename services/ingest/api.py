@@ -1,0 +1,6 @@
+"""The ingest service's HTTP API."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

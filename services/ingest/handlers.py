@@ -1,0 +1,6 @@
+"""What the ingest service does with each consumed event type."""
+from __future__ import annotations
+
+from shared.consumer import Handlers
+
+HANDLERS: Handlers = {}

@@ -1,0 +1,1 @@
+"""The segmentation service: customer profiles, lifecycle, value and frequency tiers, RFM, rule segments."""

@@ -1,0 +1,1 @@
+"""Code every Funnelstream service shares: event contracts, the bus, stores, settings, auth, errors."""

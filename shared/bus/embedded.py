@@ -1,0 +1,316 @@
+"""The embedded bus: Kafka's semantics in one SQLite file, for one machine and no servers.
+
+- A topic has N partitions; a record goes to the partition of its key and gets the next offset of
+  that partition (contiguous, from 0), so one key's records keep their order.
+- A consumer group stores, per partition, the offset of the next record to read. Members of a group
+  heartbeat into a table; every member derives the same target assignment from the sorted list of
+  live members. A member releases partitions that are no longer its target when it next polls, and
+  claims a target partition only once nobody owns it, so no partition is ever read by two members
+  at once (Kafka's rebalance, in a table). A member that stops or dies (no heartbeat for
+  `session_timeout` seconds) has its partitions taken over.
+- The file is in WAL mode, so several processes can read while one writes.
+
+All SQLite calls run on one worker thread per bus, so the event loop never blocks on disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from shared.bus.base import OutgoingRecord, Record, TopicPartition, partition_for
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS partition_ends (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL, headers TEXT NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_members (
+    grp TEXT NOT NULL, member TEXT NOT NULL, heartbeat REAL NOT NULL,
+    PRIMARY KEY (grp, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_owners (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+"""
+
+# How often a waiting consumer looks for records written by other processes.
+CROSS_PROCESS_POLL_SECONDS = 0.05
+
+
+class EmbeddedBus:
+    def __init__(self, path: Path | str, partitions: int = 8, session_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.partitions = partitions
+        self.session_timeout = session_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._topics: dict[str, int] = {}
+        self._published = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._executor is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-bus")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def stop(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("the embedded bus is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    # -- topics ----------------------------------------------------------------------------------
+    def _ensure_topic(self, topic: str) -> int:
+        if topic not in self._topics:
+            db = self._db()
+            db.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, self.partitions))
+            (count,) = db.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+            self._topics[topic] = count
+        return self._topics[topic]
+
+    async def ensure_topics(self, topics: list[str]) -> None:
+        await self._run(lambda: [self._ensure_topic(t) for t in topics])
+
+    # -- producing -------------------------------------------------------------------------------
+    async def publish(self, records: list[OutgoingRecord]) -> None:
+        if not records:
+            return
+        await self._run(self._append, records)
+        self._published.set()
+        self._published = asyncio.Event()
+
+    def _append(self, records: list[OutgoingRecord]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ends: dict[TopicPartition, int] = {}
+            rows = []
+            now_ms = int(time.time() * 1000)
+            for rec in records:
+                tp = (rec.topic, partition_for(rec.key, self._ensure_topic(rec.topic)))
+                if tp not in ends:
+                    row = db.execute(
+                        "SELECT next_offset FROM partition_ends WHERE topic = ? AND partition = ?", tp
+                    ).fetchone()
+                    ends[tp] = row[0] if row else 0
+                rows.append((*tp, ends[tp], rec.key, rec.value, json.dumps(rec.headers), now_ms))
+                ends[tp] += 1
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO partition_ends VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                "DO UPDATE SET next_offset = excluded.next_offset",
+                [(t, p, end) for (t, p), end in ends.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def wait_for_records(self, timeout: float) -> None:
+        """Wake on a publish from this process, or after a short poll for other processes."""
+        try:
+            await asyncio.wait_for(self._published.wait(), min(timeout, CROSS_PROCESS_POLL_SECONDS))
+        except asyncio.TimeoutError:
+            pass
+
+    # -- consuming -------------------------------------------------------------------------------
+    def consumer(self, group: str, topics: list[str]) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group, topics)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+
+    async def lag(self, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+        return await self._run(self._lag, group, topics)
+
+    def _lag(self, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+        lags: dict[TopicPartition, int] = {}
+        for topic in topics:
+            for p in range(self._ensure_topic(topic)):
+                end = self._end_offset(topic, p)
+                lags[(topic, p)] = end - (self._committed(group, topic, p) or 0)
+        return lags
+
+    def _end_offset(self, topic: str, partition: int) -> int:
+        row = self._db().execute(
+            "SELECT next_offset FROM partition_ends WHERE topic = ? AND partition = ?", (topic, partition)
+        ).fetchone()
+        return row[0] if row else 0
+
+    def _committed(self, group: str, topic: str, partition: int) -> int | None:
+        row = self._db().execute(
+            'SELECT "offset" FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?',
+            (group, topic, partition),
+        ).fetchone()
+        return row[0] if row else None
+
+    # Called on the bus thread by consumers.
+    def _rebalance(
+        self, group: str, member: str, partitions: list[TopicPartition]
+    ) -> tuple[set[TopicPartition], set[TopicPartition]]:
+        """Heartbeat, release what is no longer ours, claim what is free; returns (owned, target)."""
+        db = self._db()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR REPLACE INTO group_members VALUES (?, ?, ?)", (group, member, now))
+            db.execute("DELETE FROM group_members WHERE grp = ? AND heartbeat < ?", (group, now - self.session_timeout))
+            db.execute(
+                "DELETE FROM group_owners WHERE grp = ? AND member NOT IN (SELECT member FROM group_members WHERE grp = ?)",
+                (group, group),
+            )
+            members = [m for (m,) in db.execute("SELECT member FROM group_members WHERE grp = ? ORDER BY member", (group,))]
+            me = members.index(member)
+            target = {tp for i, tp in enumerate(partitions) if i % len(members) == me}
+            owned = self._owned(group, member)
+            db.executemany(
+                "DELETE FROM group_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?",
+                [(group, *tp, member) for tp in owned - target],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO group_owners VALUES (?, ?, ?, ?)", [(group, *tp, member) for tp in target]
+            )
+            owned = self._owned(group, member)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return owned, target
+
+    def _owned(self, group: str, member: str) -> set[TopicPartition]:
+        rows = self._db().execute(
+            "SELECT topic, partition FROM group_owners WHERE grp = ? AND member = ?", (group, member)
+        )
+        return {(t, p) for t, p in rows}
+
+    def _leave(self, group: str, member: str) -> None:
+        self._db().execute("DELETE FROM group_owners WHERE grp = ? AND member = ?", (group, member))
+        self._db().execute("DELETE FROM group_members WHERE grp = ? AND member = ?", (group, member))
+
+    def _fetch(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
+        rows = self._db().execute(
+            'SELECT "offset", key, value, headers, ts FROM records '
+            'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
+            (*tp, start, limit),
+        ).fetchall()
+        return [Record(tp[0], tp[1], o, k, v, json.loads(h), ts) for o, k, v, h, ts in rows]
+
+    def _commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
+        self._db().executemany(
+            'INSERT INTO group_offsets VALUES (?, ?, ?, ?) ON CONFLICT (grp, topic, partition) DO UPDATE SET "offset" = excluded."offset"',
+            [(group, t, p, o) for (t, p), o in offsets.items()],
+        )
+
+
+class EmbeddedConsumer:
+    """One member of a consumer group on the embedded bus."""
+
+    HEARTBEAT_SECONDS = 1.0
+
+    def __init__(self, bus: EmbeddedBus, group: str, topics: list[str]) -> None:
+        self.bus = bus
+        self.group = group
+        self.topics = list(topics)
+        self.member = f"{uuid.uuid4()}"
+        self._positions: dict[TopicPartition, int] = {}
+        self._seeks: dict[TopicPartition, int] = {}
+        self._last_heartbeat = 0.0
+        self._all_partitions: list[TopicPartition] = []
+        self._interval = self.HEARTBEAT_SECONDS
+
+    async def start(self) -> None:
+        await self.bus.ensure_topics(self.topics)
+        counts = await self.bus._run(lambda: {t: self.bus._ensure_topic(t) for t in self.topics})
+        self._all_partitions = [(t, p) for t in sorted(self.topics) for p in range(counts[t])]
+        await self._rebalance()
+
+    async def stop(self) -> None:
+        await self.bus._run(self.bus._leave, self.group, self.member)
+        self._positions.clear()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._positions)
+
+    async def _rebalance(self) -> None:
+        owned, target = await self.bus._run(self.bus._rebalance, self.group, self.member, self._all_partitions)
+        self._last_heartbeat = time.monotonic()
+        # Until we own our whole share, look again soon: the previous owner releases at its next poll.
+        self._interval = self.HEARTBEAT_SECONDS if owned == target else 0.1
+        for tp in set(self._positions) - owned:
+            del self._positions[tp]
+        for tp in owned - set(self._positions):
+            committed = await self.bus._run(self.bus._committed, self.group, *tp)
+            self._positions[tp] = committed or 0
+        for tp in owned & set(self._seeks):
+            self._positions[tp] = self._seeks.pop(tp)
+
+    async def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() - self._last_heartbeat >= self._interval:
+                await self._rebalance()
+            records = await self.bus._run(self._fetch_assigned, max_records)
+            if records or time.monotonic() >= deadline:
+                return records
+            await self.bus.wait_for_records(deadline - time.monotonic())
+
+    def _fetch_assigned(self, max_records: int) -> list[Record]:
+        """Up to max_records, shared fairly across assigned partitions."""
+        out: list[Record] = []
+        partitions = list(self._positions)
+        share = max(1, max_records // max(1, len(partitions)))
+        for tp in partitions:
+            batch = self.bus._fetch(tp, self._positions[tp], min(share, max_records - len(out)))
+            if batch:
+                self._positions[tp] = batch[-1].offset + 1
+                out.extend(batch)
+            if len(out) >= max_records:
+                break
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.bus._run(self.bus._commit, self.group, offsets)
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        if (topic, partition) in self._positions:
+            self._positions[(topic, partition)] = offset
+        else:
+            self._seeks[(topic, partition)] = offset

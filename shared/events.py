@@ -1,0 +1,160 @@
+"""Event contracts on the bus (API.md section 2). Versions live in the topic name.
+
+A breaking change is a new topic, never an edited field. Each event knows its topic, its partition
+key (the canonical customer id, so one customer's events stay in order) and a dedupe key that is
+the same every time the same fact is published, so consumers can drop redeliveries.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.bus.base import OutgoingRecord, Record
+
+INTERACTIONS = "interactions.v1"
+CUSTOMERS = "customers.v1"
+SEGMENTS = "segments.v1"
+FUNNEL = "funnel.v1"
+FOLLOWUPS = "followups.v1"
+TOPICS = (INTERACTIONS, CUSTOMERS, SEGMENTS, FUNNEL, FOLLOWUPS)
+
+TYPE_HEADER = "event-type"
+ID_HEADER = "message-id"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def stable_id(*parts: object) -> str:
+    """The same id for the same fact, however often it is derived (replays, redeliveries)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "|".join(str(p) for p in parts)))
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    topic: ClassVar[str]
+
+    customer_id: str
+
+    def partition_key(self) -> str:
+        return self.customer_id
+
+    def dedupe_key(self) -> str:
+        raise NotImplementedError
+
+
+class Interaction(Event):
+    """A customer did something: one Segment message after validation and identity stitching."""
+
+    topic: ClassVar[str] = INTERACTIONS
+    event_id: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    type: Literal["track", "identify", "page", "screen", "group", "alias"]
+    name: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    channel: str = "direct"
+    occurred_at: datetime
+    received_at: datetime
+
+    def dedupe_key(self) -> str:
+        return self.event_id
+
+
+class CustomerLinked(Event):
+    """`merged_id` (an anonymous id, or an alias's previous id) is now `customer_id`."""
+
+    topic: ClassVar[str] = CUSTOMERS
+    merged_id: str
+    at: datetime
+
+    def dedupe_key(self) -> str:
+        return stable_id("linked", self.merged_id, self.customer_id)
+
+
+class CustomerErased(Event):
+    """Every service deletes what it holds about `customer_id` (and ids merged into it)."""
+
+    topic: ClassVar[str] = CUSTOMERS
+    erasure_id: str = Field(default_factory=new_id)
+    merged_ids: list[str] = Field(default_factory=list)
+    at: datetime
+
+    def dedupe_key(self) -> str:
+        return self.erasure_id
+
+
+class SegmentChanged(Event):
+    topic: ClassVar[str] = SEGMENTS
+    segment: str
+    change: Literal["entered", "exited"]
+    at: datetime
+    reason: str = ""
+
+    def dedupe_key(self) -> str:
+        return stable_id("segment", self.customer_id, self.segment, self.change, self.at.isoformat())
+
+
+class FunnelStageChanged(Event):
+    topic: ClassVar[str] = FUNNEL
+    funnel: str
+    from_stage: str | None
+    to_stage: str | None
+    at: datetime
+    event_id: str | None = None  # the interaction that caused the move
+
+    def dedupe_key(self) -> str:
+        return stable_id("funnel", self.customer_id, self.funnel, self.from_stage, self.to_stage, self.at.isoformat())
+
+
+class FollowupChanged(Event):
+    topic: ClassVar[str] = FOLLOWUPS
+    followup_id: str
+    change: Literal["created", "due", "overdue", "completed", "cancelled", "snoozed", "assigned"]
+    policy: str | None = None
+    at: datetime
+    followup: dict[str, Any] = Field(default_factory=dict)
+
+    def dedupe_key(self) -> str:
+        return stable_id("followup", self.followup_id, self.change, self.at.isoformat())
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (Interaction, CustomerLinked, CustomerErased, SegmentChanged, FunnelStageChanged, FollowupChanged)
+}
+
+
+class UndecodableRecord(ValueError):
+    """A record no retry can fix: unknown type or a payload that does not fit its contract."""
+
+
+def encode(event: Event) -> OutgoingRecord:
+    return OutgoingRecord(
+        topic=event.topic,
+        key=event.partition_key(),
+        value=orjson.dumps(event.model_dump(mode="json")),
+        headers={TYPE_HEADER: type(event).__name__, ID_HEADER: event.dedupe_key()},
+    )
+
+
+def decode(record: Record) -> Event:
+    cls = EVENT_TYPES.get(record.headers.get(TYPE_HEADER, ""))
+    if cls is None:
+        raise UndecodableRecord(f"unknown event type {record.headers.get(TYPE_HEADER)!r}")
+    try:
+        return cls.model_validate_json(record.value)
+    except ValueError as exc:
+        raise UndecodableRecord(f"{cls.__name__} payload does not fit its contract: {exc}") from exc
+
+
+def message_id(record: Record) -> str:
+    """The dedupe key a consumer records as processed."""
+    return record.headers.get(ID_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"

@@ -1,0 +1,87 @@
+"""Relays events written to a service's outbox (in the same transaction as its state) to the bus.
+
+At least once: rows are deleted only after the bus has stored them, so a crash in between
+publishes them again and consumers drop the repeat by its message id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import delete, insert, select
+
+from shared.bus.base import Bus, OutgoingRecord
+from shared.events import Event, encode
+from shared.store import BusTables, Store
+
+log = logging.getLogger("funnelstream.outbox")
+
+
+class Outbox:
+    """Collects the events one transaction publishes; written to the outbox table with it."""
+
+    def __init__(self) -> None:
+        self.records: list[OutgoingRecord] = []
+
+    def publish(self, event: Event) -> None:
+        self.records.append(encode(event))
+
+    def add(self, record: OutgoingRecord) -> None:
+        self.records.append(record)
+
+    def rows(self) -> list[dict[str, object]]:
+        return [{"topic": r.topic, "key": r.key, "value": r.value, "headers": r.headers} for r in self.records]
+
+
+async def write_outbox(session: object, tables: BusTables, outbox: Outbox) -> None:
+    if outbox.records:
+        await session.execute(insert(tables.outbox), outbox.rows())  # type: ignore[attr-defined]
+
+
+class OutboxRelay:
+    BATCH = 1000
+
+    def __init__(self, store: Store, tables: BusTables, bus: Bus, interval: float = 1.0) -> None:
+        self.store = store
+        self.table = tables.outbox
+        self.bus = bus
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def flush(self) -> int:
+        """Publish everything in the outbox now; returns how many records went out."""
+        sent = 0
+        async with self._lock:
+            while batch := await self._publish_batch():
+                sent += batch
+        return sent
+
+    async def _publish_batch(self) -> int:
+        async with self.store.transaction() as session:
+            query = select(self.table).order_by(self.table.c.id).limit(self.BATCH)
+            if not self.store.is_sqlite:  # replicas relay side by side without sending a row twice
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            if not rows:
+                return 0
+            await self.bus.publish([OutgoingRecord(r.topic, r.key, r.value, dict(r.headers)) for r in rows])
+            await session.execute(delete(self.table).where(self.table.c.id.in_([r.id for r in rows])))
+        return len(rows)
+
+    async def run(self) -> None:
+        """Flush when woken, and every `interval` for rows a crashed process left behind."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the bus or store is down: keep the rows, try again later
+                log.exception("outbox relay failed; will retry")
+                await asyncio.sleep(self.interval)

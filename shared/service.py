@@ -1,0 +1,184 @@
+"""Builds a service's FastAPI app: the same operational shell around each service's own routes.
+
+Every service gets: the contract's error shape, `X-Request-ID`, CORS, `/health`, `/ready`,
+`/metrics`, and a lifespan that migrates its store, starts the bus, the outbox relay and the
+consumer loop, and stops them in reverse order.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.auth import resolve_credentials
+from shared.bus import Bus, create_bus
+from shared.consumer import ConsumerLoop, Handlers
+from shared.errors import install_error_handlers
+from shared.observability import RequestContextMiddleware
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+from shared.store import BusTables, Store
+
+log = logging.getLogger("funnelstream.service")
+
+
+@dataclass
+class ServiceParts:
+    """What a service contributes; everything else is the same for all four."""
+
+    name: str
+    settings: ServiceSettings
+    tables: BusTables
+    migrations: Path
+    routers: list[APIRouter]
+    handlers: Handlers = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class Runtime:
+    """The live parts of a running service, on `app.state.runtime`."""
+
+    store: Store
+    bus: Bus
+    relay: OutboxRelay
+    consumer: ConsumerLoop | None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
+    """`bus`: share one started bus between services in one process; else the app owns one."""
+    settings = parts.settings
+    owns_bus = bus is None
+    the_bus = bus or create_bus(settings)
+    store = Store(settings.store_url)
+    relay = OutboxRelay(store, parts.tables, the_bus)
+    consumer = (
+        ConsumerLoop(parts.name, the_bus, store, parts.tables, parts.handlers, relay, settings.bus_max_attempts)
+        if parts.handlers
+        else None
+    )
+    runtime = Runtime(store, the_bus, relay, consumer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.migrate(parts.migrations)
+        if owns_bus:
+            await the_bus.start()
+        runtime.tasks = [asyncio.create_task(relay.run(), name=f"{parts.name}-outbox")]
+        if consumer is not None:
+            runtime.tasks.append(asyncio.create_task(_supervise(consumer), name=f"{parts.name}-consumer"))
+        log.info("%s started (store %s, bus %s)", parts.name, _redact(store.url), settings.bus_backend)
+        try:
+            yield
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            if owns_bus:
+                await the_bus.stop()
+            await store.dispose()
+
+    app = FastAPI(
+        title=f"Funnelstream {parts.name}",
+        description=parts.description,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.credentials = resolve_credentials(settings)
+    install_operational_shell(app, parts.name, settings.cors_origins)
+    app.include_router(operations_router(parts.name))
+    for router in parts.routers:
+        app.include_router(router)
+    return app
+
+
+def install_operational_shell(app: FastAPI, service: str, cors_origins: str) -> None:
+    """Error shape, request ids and CORS: shared by the services and the gateway."""
+    install_error_handlers(app)
+    origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, service=service)
+
+
+async def _supervise(consumer: ConsumerLoop) -> None:
+    """Keep the consumer running through bus outages; a crash restarts it from committed offsets."""
+    while True:
+        try:
+            await consumer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s consumer stopped; restarting in 2 s", consumer.service)
+            await asyncio.sleep(2)
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def operations_router(service: str) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "service": service}
+
+    @router.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness: the store and the bus answer, and the consumer is running."""
+        checks = await readiness_checks(request.app.state.runtime)
+        ok = all(c["ok"] for c in checks.values())
+        body = {"status": "ready" if ok else "not_ready", "service": service, "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response()
+
+    return router
+
+
+async def readiness_checks(runtime: Runtime) -> dict[str, dict[str, Any]]:
+    checks: dict[str, dict[str, Any]] = {
+        "store": await _check(runtime.store.ping()),
+        "bus": await _check(runtime.bus.ping()),
+    }
+    if runtime.consumer is not None:
+        running = runtime.consumer.healthy
+        checks["consumer"] = {"ok": running, **({} if running else {"error": "consumer not running"})}
+    return checks
+
+
+async def _check(probe: Any) -> dict[str, Any]:
+    try:
+        await asyncio.wait_for(probe, timeout=5)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

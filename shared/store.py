@@ -1,0 +1,174 @@
+"""Store helpers: each service owns one database (its own URL, tables and Alembic migrations).
+
+A service declares its tables on `make_metadata()` and calls `add_bus_tables()` for the two tables
+every consumer needs in its own database: `processed_messages` (so a redelivered message is a
+no-op, committed in the same transaction as the state it changed) and `outbox` (events to publish,
+written in that same transaction and relayed to the bus after commit).
+"""
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON, BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, event, func, text,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# A 64-bit id on PostgreSQL, the rowid alias (needed for autoincrement) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def make_metadata() -> MetaData:
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+@dataclass(frozen=True)
+class BusTables:
+    processed: Table
+    outbox: Table
+
+
+def add_bus_tables(metadata: MetaData) -> BusTables:
+    processed = Table(
+        "processed_messages",
+        metadata,
+        Column("message_id", String(200), primary_key=True),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    outbox = Table(
+        "outbox",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(500), nullable=False),
+        Column("value", LargeBinary, nullable=False),
+        Column("headers", JSON, nullable=False),
+    )
+    return BusTables(processed, outbox)
+
+
+class Store:
+    """One service's database: an async engine, write transactions, reads, migrations."""
+
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _ensure_sqlite_dir(url)
+        self.engine: AsyncEngine = create_async_engine(url, echo=echo, **_engine_options(url))
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite allows one writer: queue writers here instead of failing with "database is locked".
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction: commits when the block ends, rolls back if it raises."""
+        if self._write_lock is None:
+            async with self.sessions.begin() as session:
+                yield session
+            return
+        async with self._write_lock:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                async with AsyncSession(bind=conn, expire_on_commit=False) as session, session.begin():
+                    yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self, migrations_dir: Path) -> None:
+        """Upgrade to the newest revision. Safe when several replicas start at once (PostgreSQL
+        serialises them with an advisory lock; SQLite with its write lock)."""
+        config = Config()
+        config.set_main_option("script_location", str(migrations_dir))
+        async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                lock_id = zlib.crc32(str(migrations_dir).encode())
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            await conn.run_sync(_upgrade, config)
+
+
+def _upgrade(conn: Connection, config: Config) -> None:
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL so readers never block the writer; explicit BEGIN so transactions are real (pysqlite
+    otherwise starts them lazily), IMMEDIATE for writers so they queue instead of deadlocking."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+
+
+def create_bus_tables(op: Any) -> None:
+    """For a service's first migration: the processed-messages and outbox tables."""
+    op.create_table(
+        "processed_messages",
+        Column("message_id", String(200), primary_key=True),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    op.create_table(
+        "outbox",
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(500), nullable=False),
+        Column("value", LargeBinary, nullable=False),
+        Column("headers", JSON, nullable=False),
+    )
+
+
+def drop_bus_tables(op: Any) -> None:
+    op.drop_table("outbox")
+    op.drop_table("processed_messages")
