@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,12 +19,25 @@ def serve(settings: CommonSettings, make_app: Callable[[], FastAPI], banner: str
         credentials = resolve_credentials(settings)
     except InsecureConfig as exc:
         sys.exit(f"error: {exc}")
-    app = make_app()
-    print(banner or f"Serving on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    lines = [banner or f"Serving on http://{settings.host}:{settings.port}"]
     if credentials.dev:
-        print(
-            "Dev credentials (loopback only): write key 'dev-write-key', API keys "
-            "'dev-admin-key' (admin) and 'dev-reader-key' (reader)",
-            file=sys.stderr, flush=True,
+        lines.append(
+            "  dev credentials (loopback only): write key 'dev-write-key'; API keys "
+            "'dev-admin-key' (admin) and 'dev-reader-key' (reader)"
         )
+    app = make_app()
+    _print_after_startup(app, "\n".join(lines))
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _print_after_startup(app: FastAPI, text: str) -> None:
+    """The URLs go last, once migrations ran and consumers started, where a newcomer looks."""
+    startup = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        async with startup(app_):
+            print(text, file=sys.stderr, flush=True)
+            yield
+
+    app.router.lifespan_context = lifespan

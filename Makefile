@@ -1,0 +1,50 @@
+# Funnelstream: `make run` serves everything on one machine; `make test` runs the whole suite.
+# Both create the virtual environment and install what they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PORT ?= 8080
+DATA_DIR ?= ./data
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install up down clean help
+
+help:
+	@echo "make run    start the gateway and all services on http://127.0.0.1:$(PORT) (data in $(DATA_DIR))"
+	@echo "make test   run the whole test suite (embedded bus, Kafka via Tansu, SQLite and PostgreSQL)"
+	@echo "make bench  run the benchmarks (each printed as a ratio to a baseline)"
+	@echo "make up     docker compose up -d (Kafka, PostgreSQL, each service in its own container)"
+	@echo "make down   docker compose down"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Funnelstream needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@echo "==> creating a virtual environment in $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(PY)
+	@echo "==> installing Funnelstream and its dependencies into $(VENV) (the first time takes a minute)"
+	@$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[test]'
+	@touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+run: install
+	@echo "==> starting the gateway and all services (stores migrate on start)"
+	@PORT=$(PORT) DATA_DIR=$(DATA_DIR) LOG_FORMAT=$${LOG_FORMAT:-text} $(PY) -m services.gateway
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@$(PY) -m bench
+
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,169 @@
+"""The gateway's composition root: upstream clients, in-process services, routes.
+
+A service whose `GATEWAY_<NAME>_URL` is empty runs inside this process (its ASGI app reached
+through httpx's ASGI transport, no network hop, all sharing one bus); one with a URL is reached
+over HTTP. Either way the request takes the same path through `proxy.forward`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from services.gateway import openapi
+from services.gateway.proxy import forward
+from services.gateway.routes import service_for
+from services.gateway.settings import SERVICES, GatewaySettings
+from shared.auth import bearer_role, resolve_credentials
+from shared.bus import Bus, create_bus
+from shared.errors import ApiError
+from shared.observability import request_id
+from shared.service import install_operational_shell, metrics_response
+from shared.settings import CommonSettings
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@dataclass
+class Upstream:
+    name: str
+    client: httpx.AsyncClient
+    app: FastAPI | None  # set when the service runs in this process
+
+
+def _service_factory(name: str) -> Callable[..., FastAPI]:
+    """The in-process services (imported only when the gateway embeds them)."""
+    if name == "ingest":
+        from services.ingest.app import create_app as ingest
+        from services.ingest.settings import IngestSettings
+        return lambda common, bus: ingest(IngestSettings(**common), bus)
+    if name == "segmentation":
+        from services.segmentation.app import create_app as segmentation
+        from services.segmentation.settings import SegmentationSettings
+        return lambda common, bus: segmentation(SegmentationSettings(**common), bus)
+    if name == "funnel":
+        from services.funnel.app import create_app as funnel
+        from services.funnel.settings import FunnelSettings
+        return lambda common, bus: funnel(FunnelSettings(**common), bus)
+    from services.followup.app import create_app as followup
+    from services.followup.settings import FollowupSettings
+    return lambda common, bus: followup(FollowupSettings(**common), bus)
+
+
+def _upstreams(settings: GatewaySettings, bus: Bus | None) -> dict[str, Upstream]:
+    # In-process services inherit the gateway's common settings (data dir, bus, keys, logging).
+    common = settings.model_dump(include=set(CommonSettings.model_fields))
+    timeout = httpx.Timeout(settings.upstream_timeout_seconds)
+    upstreams = {}
+    for name in SERVICES:
+        if url := settings.url_of(name):
+            upstreams[name] = Upstream(name, httpx.AsyncClient(base_url=url, timeout=timeout), None)
+            continue
+        app = _service_factory(name)(common, bus)
+        transport = httpx.ASGITransport(app=app)
+        upstreams[name] = Upstream(name, httpx.AsyncClient(transport=transport, base_url=f"http://{name}", timeout=timeout), app)
+    return upstreams
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    embedded = [name for name in SERVICES if not settings.url_of(name)]
+    bus = create_bus(settings) if embedded else None
+    upstreams = _upstreams(settings, bus)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if bus is not None:
+                await bus.start()
+                stack.push_async_callback(bus.stop)
+            for upstream in upstreams.values():
+                stack.push_async_callback(upstream.client.aclose)
+                if upstream.app is not None:
+                    await stack.enter_async_context(upstream.app.router.lifespan_context(upstream.app))
+            yield
+
+    app = FastAPI(
+        title="Funnelstream",
+        version="0.1.0",
+        description="Customer-funnel platform: ingest, segmentation, funnels, follow-ups.",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.credentials = resolve_credentials(settings)
+    app.state.upstreams = upstreams
+    install_operational_shell(app, "gateway", settings.cors_origins)
+    _add_routes(app, upstreams)
+    return app
+
+
+def _add_routes(app: FastAPI, upstreams: dict[str, Upstream]) -> None:
+    merged_spec: dict[str, Any] = {}
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """Liveness: the gateway answers."""
+        return {"status": "ok", "service": "gateway"}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        """Readiness of every service, with each one's store, bus and consumer checks."""
+        results = await asyncio.gather(*(_ready(u) for u in upstreams.values()))
+        services = dict(zip(upstreams, results))
+        ok = all(r["status"] == "ready" for r in services.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "services": services},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response()
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> JSONResponse:
+        if not merged_spec:
+            docs = await asyncio.gather(*(_openapi_of(u) for u in upstreams.values()))
+            own = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            merged_spec.update(openapi.merge(own, dict(zip(upstreams, docs))))
+        return JSONResponse(merged_spec)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Funnelstream API")
+
+    @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
+    async def proxy(request: Request) -> Response:
+        service = service_for(request.method, request.url.path)
+        if service is None:
+            raise ApiError(404, f"No route {request.method} {request.url.path}. See /docs for the API.")
+        if request.url.path.startswith("/api/"):
+            bearer_role(request, request.app.state.credentials)  # 401 before any hop
+        return await forward(upstreams[service].client, service, request, request_id.get())
+
+
+async def _ready(upstream: Upstream) -> dict[str, Any]:
+    try:
+        response = await upstream.client.get("/ready")
+        body: dict[str, Any] = response.json()
+        return body
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"status": "not_ready", "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+async def _openapi_of(upstream: Upstream) -> dict[str, Any]:
+    if upstream.app is not None:
+        return upstream.app.openapi()
+    response = await upstream.client.get("/openapi.json")
+    response.raise_for_status()
+    doc: dict[str, Any] = response.json()
+    return doc

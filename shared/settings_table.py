@@ -1,0 +1,54 @@
+"""Print the README's settings table from the settings classes: `python -m shared.settings_table`.
+
+A test checks the README lists every variable, so the table cannot drift from the code.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from shared.settings import CommonSettings
+
+
+def env_vars(cls: type[BaseSettings], own_only: bool = True) -> Iterator[tuple[str, object, str]]:
+    """(variable, default, description) for each field; common fields only on CommonSettings."""
+    prefix = cls.model_config.get("env_prefix", "")
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if own_only and cls is not CommonSettings and isinstance(alias, AliasChoices):
+            continue  # a common field, listed once under CommonSettings
+        variable = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
+        default = field.default if field.default is not None else ""
+        yield variable, default, field.description or ""
+
+
+def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
+    from services.followup.settings import FollowupSettings
+    from services.funnel.settings import FunnelSettings
+    from services.gateway.settings import GatewaySettings
+    from services.ingest.settings import IngestSettings
+    from services.segmentation.settings import SegmentationSettings
+
+    return [
+        ("every process", CommonSettings),
+        ("gateway", GatewaySettings),
+        ("ingest", IngestSettings),
+        ("segmentation", SegmentationSettings),
+        ("funnel", FunnelSettings),
+        ("followup", FollowupSettings),
+    ]
+
+
+def markdown() -> str:
+    lines = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
+    for owner, cls in settings_classes():
+        for variable, default, description in env_vars(cls):
+            shown = f"`{default}`" if default != "" else ""
+            lines.append(f"| `{variable}` | {owner} | {shown} | {description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -1,0 +1,63 @@
+"""Test helpers: an app with its lifespan running, reached through real HTTP (ASGI or uvicorn)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = {"Authorization": "Bearer dev-admin-key"}
+READER = {"Authorization": "Bearer dev-reader-key"}
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (migrations, bus, consumers) and an HTTP client on it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m module` as its own process, output to `log`."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "text", **env}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
