@@ -7,7 +7,7 @@ the same every time the same fact is published, so consumers can drop redeliveri
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -137,12 +137,17 @@ class UndecodableRecord(ValueError):
 
 
 def encode(event: Event) -> OutgoingRecord:
-    return OutgoingRecord(
-        topic=event.topic,
-        key=event.partition_key(),
-        value=orjson.dumps(event.model_dump(mode="json")),
-        headers={TYPE_HEADER: type(event).__name__, ID_HEADER: event.dedupe_key()},
-    )
+    return record(type(event), event.partition_key(), event.dedupe_key(), orjson.dumps(event.model_dump(mode="json")))
+
+
+def record(event_type: type[Event], key: str, dedupe_key: str, value: bytes) -> OutgoingRecord:
+    """A record from a payload already serialised (hot paths skip building the model)."""
+    return OutgoingRecord(event_type.topic, key, value, {TYPE_HEADER: event_type.__name__, ID_HEADER: dedupe_key})
+
+
+def to_iso(at: datetime) -> str:
+    """The contract's time format: UTC with a `Z`, as pydantic writes it."""
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def decode(record: Record) -> Event:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
 from sqlalchemy import delete, insert, select
 
 from shared.bus.base import Bus, OutgoingRecord
@@ -30,7 +31,7 @@ class Outbox:
         self.records.append(record)
 
     def rows(self) -> list[dict[str, object]]:
-        return [{"topic": r.topic, "key": r.key, "value": r.value, "headers": r.headers} for r in self.records]
+        return [{"topic": r.topic, "key": r.key, "value": r.value, "headers": orjson.dumps(r.headers)} for r in self.records]
 
 
 async def write_outbox(session: object, tables: BusTables, outbox: Outbox) -> None:
@@ -68,7 +69,7 @@ class OutboxRelay:
             rows = (await session.execute(query)).all()
             if not rows:
                 return 0
-            await self.bus.publish([OutgoingRecord(r.topic, r.key, r.value, dict(r.headers)) for r in rows])
+            await self.bus.publish([OutgoingRecord(r.topic, r.key, r.value, orjson.loads(r.headers)) for r in rows])
             await session.execute(delete(self.table).where(self.table.c.id.in_([r.id for r in rows])))
         return len(rows)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.auth import resolve_credentials
 from shared.bus import Bus, create_bus
+from shared.clock import Clock
 from shared.consumer import ConsumerLoop, Handlers
 from shared.errors import install_error_handlers
 from shared.observability import RequestContextMiddleware
@@ -42,6 +43,10 @@ class ServiceParts:
     routers: list[APIRouter]
     handlers: Handlers = field(default_factory=dict)
     description: str = ""
+    # Long-running tasks started with the service (pipelines): (name, task(runtime)).
+    workers: list[tuple[str, Callable[[Runtime], Awaitable[None]]]] = field(default_factory=list)
+    # Jobs run every `seconds` (schedulers, pruning): (name, seconds, job(runtime)).
+    periodic: list[tuple[str, float, Callable[[Runtime], Awaitable[None]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,9 +54,11 @@ class Runtime:
     """The live parts of a running service, on `app.state.runtime`."""
 
     store: Store
+    tables: BusTables
     bus: Bus
     relay: OutboxRelay
     consumer: ConsumerLoop | None
+    clock: Clock = field(default_factory=Clock)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -67,7 +74,7 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
         if parts.handlers
         else None
     )
-    runtime = Runtime(store, the_bus, relay, consumer)
+    runtime = Runtime(store, parts.tables, the_bus, relay, consumer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +84,10 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
         runtime.tasks = [asyncio.create_task(relay.run(), name=f"{parts.name}-outbox")]
         if consumer is not None:
             runtime.tasks.append(asyncio.create_task(_supervise(consumer), name=f"{parts.name}-consumer"))
+        for name, worker in parts.workers:
+            runtime.tasks.append(asyncio.create_task(worker(runtime), name=name))
+        for name, seconds, job in parts.periodic:
+            runtime.tasks.append(asyncio.create_task(_every(seconds, job, runtime, name), name=name))
         log.info("%s started (store %s, bus %s)", parts.name, _redact(store.url), settings.bus_backend)
         try:
             yield
@@ -129,6 +140,15 @@ async def _supervise(consumer: ConsumerLoop) -> None:
         except Exception:
             log.exception("%s consumer stopped; restarting in 2 s", consumer.service)
             await asyncio.sleep(2)
+
+
+async def _every(seconds: float, job: Callable[[Runtime], Awaitable[None]], runtime: Runtime, name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job(runtime)
+        except Exception:
+            log.exception("periodic job %s failed; next try in %s s", name, seconds)
 
 
 def metrics_response() -> Response:

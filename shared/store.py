@@ -17,10 +17,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from datetime import datetime, timezone
+
 from sqlalchemy import (
-    JSON, BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, event, func, text,
+    BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, event, func, text,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 NAMING_CONVENTION = {
@@ -33,6 +39,32 @@ NAMING_CONVENTION = {
 
 # A 64-bit id on PostgreSQL, the rowid alias (needed for autoincrement) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on PostgreSQL and on SQLite (which keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        utc = value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, for the two dialects we run on."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def make_metadata() -> MetaData:
@@ -59,7 +91,7 @@ def add_bus_tables(metadata: MetaData) -> BusTables:
         Column("topic", String(200), nullable=False),
         Column("key", String(500), nullable=False),
         Column("value", LargeBinary, nullable=False),
-        Column("headers", JSON, nullable=False),
+        Column("headers", LargeBinary, nullable=False),  # JSON, written by orjson
     )
     return BusTables(processed, outbox)
 
@@ -165,7 +197,7 @@ def create_bus_tables(op: Any) -> None:
         Column("topic", String(200), nullable=False),
         Column("key", String(500), nullable=False),
         Column("value", LargeBinary, nullable=False),
-        Column("headers", JSON, nullable=False),
+        Column("headers", LargeBinary, nullable=False),
     )
 
 

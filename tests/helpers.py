@@ -61,3 +61,16 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+async def eventually(check, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
+    """Await `check()` until it returns a truthy value (asynchronous effects: pipelines, consumers)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            assert result, f"condition not met within {timeout}s (last value: {result!r})"
+            return result
+        await asyncio.sleep(interval)

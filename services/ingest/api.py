@@ -1,6 +1,193 @@
-"""The ingest service's HTTP API."""
+"""The ingest HTTP API: the Segment tracking endpoints, timelines, the quarantine, erasure."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select
+
+from services.ingest import ingestion
+from services.ingest.body import read_json, write_key_of
+from services.ingest.messages import Message, Rejection, normalize
+from services.ingest.settings import IngestSettings
+from services.ingest.store import events, quarantine
+from shared.auth import AdminDep, ReaderDep
+from shared.errors import ApiError
+from shared.outbox import Outbox, write_outbox
+from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shared.service import Runtime
 
 router = APIRouter()
+
+
+class SegmentMessage(BaseModel):
+    """A Segment message (tracking spec). Unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str | None = Field(None, description="track, identify, page, screen, group or alias (batch only).")
+    messageId: str | None = None
+    userId: str | None = None
+    anonymousId: str | None = None
+    event: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    timestamp: str | None = None
+    sentAt: str | None = None
+    previousId: str | None = None
+    groupId: str | None = None
+
+
+class Batch(BaseModel):
+    batch: list[SegmentMessage]
+    context: dict[str, Any] | None = None
+    sentAt: str | None = None
+    writeKey: str | None = None
+
+
+class RejectedMessage(BaseModel):
+    index: int
+    messageId: str | None
+    reason: str
+
+
+class IngestAnswer(BaseModel):
+    success: bool = True
+    accepted: int
+    rejected: list[RejectedMessage]
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _ingest(request: Request, path_type: str | None) -> IngestAnswer:
+    settings: IngestSettings = request.app.state.settings
+    runtime: Runtime = request.app.state.runtime
+    body = await read_json(request, settings.max_request_bytes)
+    key = write_key_of(request, body)
+    if not key:
+        raise ApiError(401, "Missing write key: use HTTP Basic with the write key as user name, or 'writeKey' in the body.", "missing_write_key")
+    if key not in request.app.state.credentials.write_keys:
+        raise ApiError(401, "Unknown write key.", "invalid_write_key")
+    received_at = runtime.clock.now()
+    messages, rejections = _normalize_all(body, path_type, received_at, settings.max_message_bytes)
+    async with runtime.store.transaction() as session:
+        await ingestion.enqueue(session, messages, rejections, received_at)
+    request.app.state.pipeline.wake()
+    return IngestAnswer(
+        accepted=len(messages),
+        rejected=[RejectedMessage(index=r.index, messageId=r.message_id, reason=r.reason) for r in rejections],
+    )
+
+
+def _normalize_all(body: Any, path_type: str | None, received_at: datetime, max_bytes: int) -> tuple[list[Message], list[Rejection]]:
+    if path_type is None:
+        if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            raise ApiError(422, "A batch is an object with a 'batch' array of messages.", details=[{"loc": ["body", "batch"]}])
+        raw_messages, context, sent_at = body["batch"], body.get("context"), body.get("sentAt")
+    else:
+        raw_messages, context, sent_at = [body], None, None
+    messages: list[Message] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(raw_messages):
+        result = normalize(raw, index=index, received_at=received_at, path_type=path_type,
+                           batch_context=context if isinstance(context, dict) else None,
+                           batch_sent_at=sent_at, max_bytes=max_bytes)
+        (messages if isinstance(result, Message) else rejections).append(result)  # type: ignore[arg-type]
+    return messages, rejections
+
+
+@router.post("/v1/batch", response_model=IngestAnswer, tags=["ingest"], openapi_extra=_body_doc(Batch))
+async def batch(request: Request) -> IngestAnswer:
+    """Several messages of any type in one request (what Segment SDKs send).
+
+    Each message is validated alone: invalid ones are listed in `rejected` and kept in the
+    quarantine; the rest are accepted. A `messageId` seen before (an SDK retry) is acknowledged
+    and not published again.
+    """
+    return await _ingest(request, None)
+
+
+def _single(kind: str) -> None:
+    async def endpoint(request: Request) -> IngestAnswer:
+        return await _ingest(request, kind)
+
+    endpoint.__doc__ = f"One {kind} message (Segment tracking spec)."
+    router.add_api_route(f"/v1/{kind}", endpoint, methods=["POST"], response_model=IngestAnswer,
+                         tags=["ingest"], name=kind, openapi_extra=_body_doc(SegmentMessage))
+
+
+for _kind in ("track", "identify", "page", "screen", "group", "alias"):
+    _single(_kind)
+
+
+@router.get("/api/customers/{customer_id}/timeline", response_model=Page[dict[str, Any]], tags=["customers"])
+async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
+    """The customer's events, newest first. An anonymous id that was linked answers with the
+    timeline of the customer it now belongs to."""
+    runtime: Runtime = request.app.state.runtime
+    after = decode_cursor(cursor, 2)
+    async with runtime.store.read() as session:
+        customer = await ingestion.resolve(session, customer_id)
+        query = select(events.c.event_id, events.c.customer_id, events.c.occurred_at, events.c.body).where(
+            events.c.customer_id == customer)
+        if after:
+            at = _parse_cursor_time(after[0])
+            query = query.where(or_(events.c.occurred_at < at, and_(events.c.occurred_at == at, events.c.event_id < after[1])))
+        rows = (await session.execute(
+            query.order_by(events.c.occurred_at.desc(), events.c.event_id.desc()).limit(limit + 1))).all()
+    if not rows and not after:
+        raise ApiError(404, f"No events for customer {customer_id!r}.")
+    items = [{**orjson.loads(r.body), "customer_id": r.customer_id} for r in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return Page(items=items, next_cursor=encode_cursor(last.occurred_at.isoformat(), last.event_id) if last else None)
+
+
+def _parse_cursor_time(value: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor") from None
+
+
+@router.get("/api/ingest/quarantine", response_model=Page[dict[str, Any]], tags=["ingest"])
+async def list_quarantine(request: Request, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
+    """Rejected messages, newest first, each with the reason and the message as it was sent."""
+    runtime: Runtime = request.app.state.runtime
+    after = decode_cursor(cursor, 1)
+    query = select(quarantine).order_by(quarantine.c.id.desc()).limit(limit + 1)
+    if after:
+        query = query.where(quarantine.c.id < int(after[0]))
+    async with runtime.store.read() as session:
+        rows = (await session.execute(query)).all()
+    items = [
+        {"id": r.id, "received_at": r.received_at, "reason": r.reason, "message_id": r.message_id,
+         "message": orjson.loads(r.raw)}
+        for r in rows[:limit]
+    ]
+    return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
+
+
+class ErasureAccepted(BaseModel):
+    customer_id: str
+    merged_ids: list[str]
+    status: str = "erasure_requested"
+
+
+@router.delete("/api/customers/{customer_id}", status_code=202, response_model=ErasureAccepted, tags=["customers"])
+async def erase_customer(request: Request, customer_id: str, _: AdminDep) -> ErasureAccepted:
+    """Erase the customer (and ids merged into it) everywhere: ingest deletes now, and every
+    other service deletes on the `customers.v1` erasure event. Afterwards no API returns them."""
+    runtime: Runtime = request.app.state.runtime
+    await request.app.state.pipeline.drain(runtime)  # nothing pending about them lands after
+    async with runtime.store.transaction() as session:
+        outbox = Outbox()
+        erased = await ingestion.erase(session, customer_id, runtime.clock.now(), outbox)
+        await write_outbox(session, runtime.tables, outbox)
+    runtime.relay.wake()
+    return ErasureAccepted(customer_id=erased.customer_id, merged_ids=erased.merged_ids)

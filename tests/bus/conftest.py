@@ -32,7 +32,7 @@ async def make_bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         broker = request.getfixturevalue("kafka_broker")
 
         def new() -> Bus:
-            return KafkaBus(broker.bootstrap, partitions=4, idempotent=broker.idempotent_producer)
+            return KafkaBus(broker.bootstrap, partitions=4, idempotent=broker.idempotent_producer, session_timeout_ms=6000)
     else:
         from shared.bus.embedded import EmbeddedBus
 

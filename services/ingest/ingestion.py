@@ -1,0 +1,191 @@
+"""Accepting messages: dedupe, identity stitching, the timeline, the quarantine, publishing.
+
+All of one request's effects are written in one transaction, with the events to publish in the
+outbox, so a request either lands whole or not at all; the outbox relay publishes after commit
+and the request never waits for it, nor for any consumer.
+
+Identity rules (Segment/PostHog-style): a message carrying both ids, an identify, or an alias
+links an id to a customer. The customer of a message is its `userId`, else its `anonymousId`,
+each resolved through the links. An id links once: the first user it is linked to keeps it (as
+PostHog does, to avoid merging two known people by a shared device). When an id is linked, its
+past events move to the customer, and a `CustomerLinked` event lets other services merge too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.ingest.channels import classify
+from services.ingest.messages import Message, Rejection, pack
+from services.ingest.store import events, identities, inbox, quarantine, seen_messages
+from shared.events import CustomerErased, CustomerLinked, Interaction, record, to_iso
+from shared.outbox import Outbox
+from shared.store import insert_ignoring_conflicts
+
+
+@dataclass
+class Outcome:
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    outbox: Outbox = field(default_factory=Outbox)
+
+
+async def enqueue(
+    session: AsyncSession, messages: list[Message], rejections: list[Rejection], received_at: datetime
+) -> None:
+    """The request's part: keep the rejected in the quarantine, the accepted in the inbox."""
+    await _quarantine(session, rejections, received_at)
+    if messages:
+        await session.execute(insert(inbox).values(received_at=received_at, messages=pack(messages)))
+
+
+async def accept(
+    session: AsyncSession, messages: list[Message], rejections: list[Rejection], received_at: datetime
+) -> Outcome:
+    """The pipeline's part: dedupe, stitch, write the timeline, and publish (via the outbox)."""
+    outcome = Outcome(accepted=len(messages), rejected=rejections)
+    await _quarantine(session, rejections, received_at)
+    fresh = await _drop_duplicates(session, messages, received_at)
+    if not fresh:
+        return outcome
+    links = await _stitch(session, fresh, received_at, outcome.outbox)
+    rows = []
+    for message in fresh:
+        own = message.own_id
+        customer_id = links.get(own, own)
+        body = orjson.dumps(_canonical(message, customer_id))
+        outcome.outbox.add(record(Interaction, customer_id, message.message_id, body))
+        rows.append({"event_id": message.message_id, "customer_id": customer_id,
+                     "occurred_at": message.occurred_at, "body": body})
+    await session.execute(insert_ignoring_conflicts(events, session.bind.dialect.name), rows)
+    return outcome
+
+
+async def _quarantine(session: AsyncSession, rejections: list[Rejection], received_at: datetime) -> None:
+    if rejections:
+        await session.execute(insert(quarantine), [quarantine_row(r, received_at) for r in rejections])
+
+
+def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
+    raw = rejection.raw if isinstance(rejection.raw, dict) else {}
+    return {
+        "received_at": received_at,
+        "reason": rejection.reason,
+        "message_id": rejection.message_id,
+        "user_id": _short(raw.get("userId", raw.get("user_id"))),
+        "anonymous_id": _short(raw.get("anonymousId", raw.get("anonymous_id"))),
+        "raw": orjson.dumps(rejection.raw),
+    }
+
+
+def _short(value: object) -> str | None:
+    return str(value)[:200] if isinstance(value, (str, int)) and value != "" else None
+
+
+async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: datetime) -> list[Message]:
+    """An SDK retry (a messageId seen within the window) is acknowledged but not stored again.
+
+    One statement: remember each sent id unless already remembered, and learn which were new."""
+    sent = {m.message_id for m in messages if not m.generated_id}
+    new: set[str] = set()
+    if sent:
+        remember = insert_ignoring_conflicts(seen_messages, session.bind.dialect.name)
+        result = await session.execute(
+            remember.returning(seen_messages.c.message_id),
+            [{"message_id": mid, "seen_at": at} for mid in sent],
+        )
+        new = set(result.scalars())
+    fresh = []
+    for message in messages:
+        if message.generated_id or message.message_id in new:
+            new.discard(message.message_id)  # a repeat inside the batch is a duplicate too
+            fresh.append(message)
+    return fresh
+
+
+async def _stitch(session: AsyncSession, messages: list[Message], at: datetime, outbox: Outbox) -> dict[str, str]:
+    """Apply the batch's new links; returns id -> customer for every id the batch names."""
+    ids = {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
+    rows = await session.execute(select(identities).where(identities.c.alias_id.in_(ids)))
+    links = {row.alias_id: row.customer_id for row in rows}
+    for merged_id, into in _new_links(messages):
+        customer = links.get(into, into)
+        if merged_id in links or merged_id == customer:
+            continue  # an id links once; the first customer keeps it
+        await _link(session, merged_id, customer, at)
+        links.update({k: customer for k, v in links.items() if v == merged_id})
+        links[merged_id] = customer
+        outbox.publish(CustomerLinked(customer_id=customer, merged_id=merged_id, at=at))
+    return links
+
+
+def _new_links(messages: list[Message]) -> list[tuple[str, str]]:
+    pairs = []
+    for m in messages:
+        if m.type == "alias" and m.previous_id and m.user_id:
+            pairs.append((m.previous_id, m.user_id))
+        if m.anonymous_id and m.user_id:
+            pairs.append((m.anonymous_id, m.user_id))
+    return pairs
+
+
+async def _link(session: AsyncSession, merged_id: str, customer: str, at: datetime) -> None:
+    """`merged_id` and every id already merged into it now count for `customer`, past events too."""
+    await session.execute(update(identities).where(identities.c.customer_id == merged_id).values(customer_id=customer))
+    await session.execute(insert(identities).values(alias_id=merged_id, customer_id=customer, linked_at=at))
+    await session.execute(update(events).where(events.c.customer_id == merged_id).values(customer_id=customer))
+
+
+def _canonical(message: Message, customer_id: str) -> dict[str, object]:
+    """The interactions.v1 payload (plus what only the timeline shows: extra fields, ids)."""
+    body: dict[str, object] = {
+        "event_id": message.message_id,
+        "customer_id": customer_id,
+        "user_id": message.user_id,
+        "anonymous_id": message.anonymous_id,
+        "type": message.type,
+        "name": message.name,
+        "properties": message.properties,
+        "traits": message.traits,
+        "context": message.context,
+        "channel": classify(message.context, message.properties),
+        "occurred_at": to_iso(message.occurred_at),
+        "received_at": to_iso(message.received_at),
+    }
+    if message.previous_id:
+        body["previous_id"] = message.previous_id
+    if message.group_id:
+        body["group_id"] = message.group_id
+    if message.extra:
+        body["extra"] = message.extra
+    return body
+
+
+async def resolve(session: AsyncSession, customer_id: str) -> str:
+    row = await session.execute(select(identities.c.customer_id).where(identities.c.alias_id == customer_id))
+    return row.scalar() or customer_id
+
+
+async def erase(session: AsyncSession, customer_id: str, at: datetime, outbox: Outbox) -> CustomerErased:
+    """Delete what ingest holds on the customer (and ids merged into it); tell every service."""
+    customer = await resolve(session, customer_id)
+    merged = list((await session.execute(
+        select(identities.c.alias_id).where(identities.c.customer_id == customer))).scalars())
+    everyone = [customer, *merged]
+    await session.execute(delete(events).where(events.c.customer_id.in_(everyone)))
+    await session.execute(delete(identities).where(identities.c.customer_id == customer))
+    await session.execute(delete(quarantine).where(
+        or_(quarantine.c.user_id.in_(everyone), quarantine.c.anonymous_id.in_(everyone))))
+    erased = CustomerErased(customer_id=customer, merged_ids=merged, at=at)
+    outbox.publish(erased)
+    return erased
+
+
+async def prune_seen(session: AsyncSession, before: datetime) -> None:
+    """Forget message ids older than the dedupe window."""
+    await session.execute(delete(seen_messages).where(seen_messages.c.seen_at < before))
+

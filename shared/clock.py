@@ -1,0 +1,20 @@
+"""The service clock. Tests move a `FixedClock`; nothing sleeps to make time pass."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+class Clock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class FixedClock(Clock):
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += timedelta(**delta)

@@ -1,0 +1,37 @@
+"""The contract's paging: `?limit=` (default 50, max 1000) and an opaque `?cursor=`."""
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Generic, TypeVar
+
+import orjson
+from fastapi import Query
+from pydantic import BaseModel
+
+from shared.errors import ApiError
+
+T = TypeVar("T")
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(*values: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
+    if cursor is None:
+        return None
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or len(values) != arity:
+        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
+    return values
