@@ -67,6 +67,15 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available
         await drop_pg_database(url)
 
 
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[object]:
+    """A Kafka-wire broker for the session: Tansu on a free loopback port, or KAFKA_BOOTSTRAP_SERVERS."""
+    from tests.bus.tansu import start_broker
+
+    with start_broker() as broker:
+        yield broker
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh DATA_DIR with no keys configured (so loopback dev keys apply)."""

@@ -3,20 +3,12 @@ KAFKA_BOOTSTRAP_SERVERS names a broker)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from shared.bus.base import Bus
-
-
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[object]:
-    from tests.bus.tansu import start_broker
-
-    with start_broker() as broker:
-        yield broker
 
 
 BusFactory = Callable[[], Bus]
