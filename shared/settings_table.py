@@ -1,4 +1,6 @@
-"""Print the README's settings table from the settings classes: `python -m shared.settings_table`.
+"""The README's settings table, from the settings classes.
+
+`python -m shared.settings_table` prints it; `--update README.md` rewrites it in place.
 
 A test checks the README lists every variable, so the table cannot drift from the code.
 """
@@ -50,5 +52,21 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- settings-table -->", "<!-- /settings-table -->"
+
+
+def update(path: str) -> None:
+    text = open(path, encoding="utf-8").read()
+    before, _, rest = text.partition(START)
+    _, _, after = rest.partition(END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{before}{START}\n{markdown()}\n{END}{after}")
+
+
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        update(sys.argv[2])
+    else:
+        print(markdown())

@@ -25,6 +25,7 @@ from services.gateway.settings import SERVICES, GatewaySettings
 from shared.auth import bearer_role, resolve_credentials
 from shared.bus import Bus, create_bus
 from shared.errors import ApiError
+from shared.http import read_limited
 from shared.observability import request_id
 from shared.service import install_operational_shell, metrics_response
 from shared.settings import CommonSettings
@@ -148,7 +149,8 @@ def _add_routes(app: FastAPI, upstreams: dict[str, Upstream]) -> None:
             raise ApiError(404, f"No route {request.method} {request.url.path}. See /docs for the API.")
         if request.url.path.startswith("/api/"):
             bearer_role(request, request.app.state.credentials)  # 401 before any hop
-        return await forward(upstreams[service].client, service, request, request_id.get())
+        body = await read_limited(request, request.app.state.settings.max_body_bytes)
+        return await forward(upstreams[service].client, service, request, body, request_id.get())
 
 
 async def _ready(upstream: Upstream) -> dict[str, Any]:

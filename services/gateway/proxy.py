@@ -13,7 +13,9 @@ DROPPED_RESPONSE_HEADERS = {
 }
 
 
-async def forward(client: httpx.AsyncClient, service: str, request: Request, request_id: str) -> Response:
+async def forward(
+    client: httpx.AsyncClient, service: str, request: Request, body: bytes, request_id: str
+) -> Response:
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED_REQUEST_HEADERS]
     headers.append(("x-request-id", request_id))
     if request.client:
@@ -24,7 +26,7 @@ async def forward(client: httpx.AsyncClient, service: str, request: Request, req
             request.url.path,
             params=request.url.query.encode(),
             headers=headers,
-            content=await request.body(),
+            content=body,
         )
     except httpx.TimeoutException as exc:
         raise ApiError(504, f"The {service} service did not answer in time.", "upstream_timeout") from exc

@@ -18,6 +18,9 @@ class GatewaySettings(CommonSettings):
     funnel_url: str = Field("", description="Base URL of a separately running funnel service.")
     followup_url: str = Field("", description="Base URL of a separately running follow-up service.")
     upstream_timeout_seconds: float = Field(30.0, description="How long to wait for a service's answer.")
+    max_body_bytes: int = Field(
+        1024 * 1024, description="Larger request bodies are refused (413) before reaching a service."
+    )
 
     def url_of(self, service: str) -> str:
         url: str = getattr(self, f"{service}_url")

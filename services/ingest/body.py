@@ -10,21 +10,15 @@ import orjson
 from fastapi import Request
 
 from shared.errors import ApiError
+from shared.http import read_limited, too_large
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The parsed body; 413 above `max_bytes` as sent or once inflated, 400 if not JSON."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise _too_large(max_bytes)
+    body = await read_limited(request, max_bytes)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "gzip":
-        body = bytearray(_gunzip(bytes(body), max_bytes))
+        body = _gunzip(body, max_bytes)
     elif encoding not in ("identity", ""):
         raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; send gzip or none.")
     try:
@@ -41,13 +35,8 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes:
     except zlib.error as exc:
         raise ApiError(400, f"The body is not valid gzip: {exc}.", "invalid_gzip") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise _too_large(max_bytes, inflated=True)
+        raise too_large(max_bytes, "once inflated ")
     return out
-
-
-def _too_large(max_bytes: int, inflated: bool = False) -> ApiError:
-    what = "once inflated " if inflated else ""
-    return ApiError(413, f"The request is {what}over the limit of {max_bytes} bytes; send smaller batches.")
 
 
 def write_key_of(request: Request, body: Any) -> str | None:

@@ -94,6 +94,16 @@ class TestCredentials:
             resolve_credentials(CommonSettings(host="0.0.0.0", api_keys="justakey", write_keys="w"))
 
 
+class TestBodies:
+    async def test_a_body_over_the_gateway_limit_is_413_before_any_service(self, gateway):
+        response = await gateway.post("/api/funnels", content=b"x" * (1024 * 1024 + 1), headers=ADMIN)
+        assert_error(response, 413, "payload_too_large")
+
+    async def test_bad_json_to_a_service_is_400(self, gateway):
+        response = await gateway.post("/v1/track", content=b"{not json", auth=("dev-write-key", ""))
+        assert_error(response, 400, "invalid_json")
+
+
 class TestRequestIds:
     async def test_a_request_id_is_minted_when_none_is_sent(self, gateway):
         first, second = await gateway.get("/health"), await gateway.get("/health")
