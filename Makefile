@@ -9,12 +9,13 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install up down clean help
+.PHONY: run test bench lint install up down clean help
 
 help:
 	@echo "make run    start the gateway and all services on http://127.0.0.1:$(PORT) (data in $(DATA_DIR))"
 	@echo "make test   run the whole test suite (embedded bus, Kafka via Tansu, SQLite and PostgreSQL)"
 	@echo "make bench  run the benchmarks (each printed as a ratio to a baseline)"
+	@echo "make lint   ruff on everything, mypy --strict on shared/"
 	@echo "make up     docker compose up -d (Kafka, PostgreSQL, each service in its own container)"
 	@echo "make down   docker compose down"
 
@@ -48,3 +49,8 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+lint: install
+	@$(PY) -m pip install --quiet ruff mypy
+	@$(PY) -m ruff check shared services bench tests --select E,F,W,B --ignore E501
+	@$(PY) -m mypy --strict shared

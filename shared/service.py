@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ class ServiceParts:
     handlers: Handlers = field(default_factory=dict)
     description: str = ""
     # Long-running tasks started with the service (pipelines): (name, task(runtime)).
-    workers: list[tuple[str, Callable[[Runtime], Awaitable[None]]]] = field(default_factory=list)
+    workers: list[tuple[str, Callable[[Runtime], Coroutine[Any, Any, None]]]] = field(default_factory=list)
     # Jobs run every `seconds` (schedulers, pruning): (name, seconds, job(runtime)).
     periodic: list[tuple[str, float, Callable[[Runtime], Awaitable[None]]]] = field(default_factory=list)
 

@@ -121,7 +121,7 @@ def _add_routes(app: FastAPI, upstreams: dict[str, Upstream]) -> None:
     async def ready() -> JSONResponse:
         """Readiness of every service, with each one's store, bus and consumer checks."""
         results = await asyncio.gather(*(_ready(u) for u in upstreams.values()))
-        services = dict(zip(upstreams, results))
+        services = dict(zip(upstreams, results, strict=True))
         ok = all(r["status"] == "ready" for r in services.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "services": services},
                             status_code=200 if ok else 503)
@@ -135,7 +135,7 @@ def _add_routes(app: FastAPI, upstreams: dict[str, Upstream]) -> None:
         if not merged_spec:
             docs = await asyncio.gather(*(_openapi_of(u) for u in upstreams.values()))
             own = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            merged_spec.update(openapi.merge(own, dict(zip(upstreams, docs))))
+            merged_spec.update(openapi.merge(own, dict(zip(upstreams, docs, strict=True))))
         return JSONResponse(merged_spec)
 
     @app.get("/docs", include_in_schema=False)

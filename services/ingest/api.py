@@ -61,8 +61,22 @@ class IngestAnswer(BaseModel):
     rejected: list[RejectedMessage]
 
 
+# The tracking endpoints read their body themselves (gzip, size limits, per-message reasons), so
+# FastAPI cannot infer it; these document it. `add_body_schemas` puts the models in components.
+
+
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in (SegmentMessage, Batch):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return openapi
 
 
 async def _ingest(request: Request, path_type: str | None) -> IngestAnswer:

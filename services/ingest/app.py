@@ -5,7 +5,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.ingest.api import router
+from services.ingest.api import add_body_schemas, router
 from services.ingest.handlers import HANDLERS
 from services.ingest.ingestion import prune_seen
 from services.ingest.pipeline import Pipeline
@@ -38,4 +38,6 @@ def create_app(settings: IngestSettings | None = None, bus: Bus | None = None) -
     )
     app = create_service_app(parts, bus)
     app.state.pipeline = pipeline
+    build_openapi = app.openapi
+    app.openapi = lambda: add_body_schemas(build_openapi())  # type: ignore[method-assign]
     return app

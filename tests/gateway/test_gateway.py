@@ -174,6 +174,14 @@ class TestOperations:
         docs = await gateway.get("/docs")
         assert docs.status_code == 200 and "/openapi.json" in docs.text
 
+    async def test_the_merged_openapi_is_a_valid_document_with_every_service(self, gateway):
+        from openapi_spec_validator import validate
+
+        spec = (await gateway.get("/openapi.json")).json()
+        validate(spec)
+        assert spec["paths"]["/v1/batch"]["post"]["security"] == [{"writeKey": []}]
+        assert spec["paths"]["/api/customers/{customer_id}/timeline"]["get"]["security"] == [{"apiKey": []}]
+
 
 class TestRemoteServices:
     async def test_gateway_proxies_to_a_service_running_as_its_own_process(self, data_dir, monkeypatch, tmp_path):
