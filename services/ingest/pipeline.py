@@ -6,6 +6,11 @@ dedupe, stitching, timeline, outbox). So a request costs one small write whateve
 downstream, as with Segment's and PostHog's capture APIs, and events reach the timeline and the
 bus within milliseconds. A row that keeps failing is moved to the quarantine with the error
 instead of stalling the rows behind it.
+
+The events are published before the transaction commits, not through the outbox: if the commit
+fails or the process dies in between, the inbox rows are applied again and the same events are
+published again under the same ids, which consumers drop (at least once, without an outbox copy
+of every event).
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from sqlalchemy import delete, insert, select
 from services.ingest import ingestion
 from services.ingest.messages import Rejection, unpack
 from services.ingest.store import inbox, quarantine
-from shared.outbox import write_outbox
 from shared.service import Runtime
 
 log = logging.getLogger("funnelstream.ingest.pipeline")
@@ -52,8 +56,9 @@ class Pipeline:
         """Apply every inbox row there is now (erasure calls this first, so nothing pending
         about the customer can land after it)."""
         async with self._lock:
-            while await self._apply_next(runtime):
-                runtime.relay.wake()
+            more = True
+            while more:
+                more = await self._apply_next(runtime)
 
     async def _apply_next(self, runtime: Runtime) -> bool:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -75,10 +80,12 @@ class Pipeline:
             pending = (await session.execute(query)).all()
             if not pending:
                 return False
+            outgoing = []
             for row in pending:
                 outcome = await ingestion.accept(session, unpack(row.messages), [], row.received_at)
-                await write_outbox(session, runtime.tables, outcome.outbox)
+                outgoing += outcome.outbox.records
             await session.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
+            await runtime.bus.publish(outgoing)
         return True
 
     async def _quarantine_first(self, runtime: Runtime, exc: Exception) -> None:
