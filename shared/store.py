@@ -8,6 +8,7 @@ written in that same transaction and relayed to the bus after commit).
 from __future__ import annotations
 
 import asyncio
+import weakref
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -137,15 +138,31 @@ class Store:
         await self.engine.dispose()
 
     async def migrate(self, migrations_dir: Path) -> None:
-        """Upgrade to the newest revision. Safe when several replicas start at once (PostgreSQL
-        serialises them with an advisory lock; SQLite with its write lock)."""
+        """Upgrade to the newest revision. Safe when several replicas start at once: PostgreSQL
+        serialises them with an advisory lock named after the service, SQLite with an immediate
+        (writer) transaction. Alembic keeps its state in process globals, so migrations in one
+        process (the gateway running every service) also take turns."""
         config = Config()
         config.set_main_option("script_location", str(migrations_dir))
-        async with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                lock_id = zlib.crc32(str(migrations_dir).encode())
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
-            await conn.run_sync(_upgrade, config)
+        async with _migration_lock(), self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                if not self.is_sqlite:
+                    lock_id = zlib.crc32(migrations_dir.parent.name.encode())
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+                await conn.run_sync(_upgrade, config)
+
+
+_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _migration_lock() -> asyncio.Lock:
+    """One lock per event loop (an asyncio.Lock belongs to the loop it was first used on)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _migration_locks:
+        _migration_locks[loop] = asyncio.Lock()
+    return _migration_locks[loop]
 
 
 def _upgrade(conn: Connection, config: Config) -> None:
