@@ -25,13 +25,18 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
+def decode_cursor(cursor: str | None, *types: type) -> list[Any] | None:
+    """The values `encode_cursor` wrote, checked against `types`; a 400 for anything else."""
     if cursor is None:
         return None
     try:
         values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except ValueError:
         values = None
-    if not isinstance(values, list) or len(values) != arity:
+    if not (isinstance(values, list) and len(values) == len(types) and all(map(_is, values, types))):
         raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
     return values
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))

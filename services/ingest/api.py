@@ -145,7 +145,7 @@ async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limi
     """The customer's events, newest first. An anonymous id that was linked answers with the
     timeline of the customer it now belongs to."""
     runtime: Runtime = request.app.state.runtime
-    after = decode_cursor(cursor, 2)
+    after = decode_cursor(cursor, str, str)
     async with runtime.store.read() as session:
         customer = await ingestion.resolve(session, customer_id)
         query = select(events.c.event_id, events.c.customer_id, events.c.occurred_at, events.c.body).where(
@@ -162,10 +162,13 @@ async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limi
     return Page(items=items, next_cursor=encode_cursor(last.occurred_at.isoformat(), last.event_id) if last else None)
 
 
-def _parse_cursor_time(value: Any) -> datetime:
+def _parse_cursor_time(value: str) -> datetime:
     try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:
+            raise ValueError("no zone")
+        return at
+    except ValueError:
         raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor") from None
 
 
@@ -173,10 +176,10 @@ def _parse_cursor_time(value: Any) -> datetime:
 async def list_quarantine(request: Request, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
     """Rejected messages, newest first, each with the reason and the message as it was sent."""
     runtime: Runtime = request.app.state.runtime
-    after = decode_cursor(cursor, 1)
+    after = decode_cursor(cursor, int)
     query = select(quarantine).order_by(quarantine.c.id.desc()).limit(limit + 1)
     if after:
-        query = query.where(quarantine.c.id < int(after[0]))
+        query = query.where(quarantine.c.id < after[0])
     async with runtime.store.read() as session:
         rows = (await session.execute(query)).all()
     items = [

@@ -23,10 +23,15 @@ SOCIAL_MEDIUMS = {"social", "social-network", "social-media", "sm", "social_medi
 SEARCH_MEDIUMS = {"organic", "search", "seo", "organic_search"}
 REFERRAL_MEDIUMS = {"referral", "referrer", "link", "partner"}
 
-SEARCH_HOSTS = ("google.", "bing.", "duckduckgo.", "yahoo.", "baidu.", "yandex.", "ecosia.", "search.brave.", "startpage.")
-SOCIAL_HOSTS = ("facebook.", "fb.", "instagram.", "twitter.", "t.co", "x.com", "linkedin.", "lnkd.in", "tiktok.",
-                "pinterest.", "youtube.", "reddit.", "snapchat.", "threads.net", "mastodon.", "whatsapp.")
-EMAIL_HOSTS = ("mail.google.", "outlook.", "mail.yahoo.", "mail.proton.", "webmail.", "mailchi.mp")
+# Sites by name, whatever their country domain (google.com, google.co.uk), or by exact domain.
+SEARCH_SITES = ("google", "bing", "duckduckgo", "yahoo", "baidu", "yandex", "ecosia", "startpage", "search.brave")
+SOCIAL_SITES = ("facebook", "instagram", "twitter", "linkedin", "tiktok", "pinterest", "youtube", "reddit",
+                "snapchat", "threads", "mastodon", "whatsapp", "t.co", "x.com", "lnkd.in", "fb.me")
+EMAIL_SITES = ("mail.google", "outlook", "mail.yahoo", "mail.proton", "webmail", "mailchi.mp")
+# Mobile apps send `android-app://<package>` as the referrer.
+APP_CHANNELS = {"com.google.android.gm": "email", "com.microsoft.office.outlook": "email",
+                "com.google.android.googlequicksearchbox": "search", "com.facebook.katana": "social",
+                "com.instagram.android": "social", "com.twitter.android": "social", "com.linkedin.android": "social"}
 EMAIL_SOURCES = {"newsletter", "mailchimp", "sendgrid", "klaviyo", "hubspot_email", "braze", "customerio"}
 
 SYNONYMS = {"paid": "ads", "cpc": "ads", "ad": "ads", "organic": "search", "seo": "search", "e-mail": "email",
@@ -39,6 +44,8 @@ def classify(context: dict[str, Any], properties: dict[str, Any]) -> str:
     if source or medium:
         return _from_campaign(source, medium)
     referrer = _str(page.get("referrer")) or _str(properties.get("referrer"))
+    if referrer.startswith("android-app://"):
+        return APP_CHANNELS.get(_host(referrer), "referral")
     if referrer and (by_host := _from_referrer(_host(referrer), _host(_str(page.get("url")) or _str(properties.get("url"))))):
         return by_host
     named = _str(context.get("channel")).lower()
@@ -66,8 +73,10 @@ def _utm(url: str) -> tuple[str, str]:
 
 
 def _host(url: str) -> str:
+    """The host of a URL, lower case, without `www.` (a plain scan: this runs for every event)."""
     after_scheme = url.partition("//")[2] if "//" in url else url
-    return after_scheme.partition("/")[0].partition("?")[0].rpartition("@")[2].partition(":")[0].lower()
+    host = after_scheme.partition("/")[0].partition("?")[0].rpartition("@")[2].partition(":")[0].lower()
+    return host.removeprefix("www.")
 
 
 @lru_cache(maxsize=4096)
@@ -76,9 +85,9 @@ def _from_campaign(source: str, medium: str) -> str:
         return "ads"
     if medium in EMAIL_MEDIUMS or source in EMAIL_SOURCES:
         return "email"
-    if medium in SOCIAL_MEDIUMS or (not medium and _host_is(source + ".", SOCIAL_HOSTS)):
+    if medium in SOCIAL_MEDIUMS or (not medium and _is_site(source, SOCIAL_SITES)):
         return "social"
-    if medium in SEARCH_MEDIUMS or (not medium and _host_is(source + ".", SEARCH_HOSTS)):
+    if medium in SEARCH_MEDIUMS or (not medium and _is_site(source, SEARCH_SITES)):
         return "search"
     if medium in REFERRAL_MEDIUMS:
         return "referral"
@@ -89,18 +98,20 @@ def _from_campaign(source: str, medium: str) -> str:
 def _from_referrer(host: str, own_host: str) -> str | None:
     if not host or host == own_host:
         return None  # internal navigation says nothing about the source
-    if _host_is(host, EMAIL_HOSTS):
+    if _is_site(host, EMAIL_SITES):
         return "email"
-    if _host_is(host, SEARCH_HOSTS):
+    if _is_site(host, SEARCH_SITES):
         return "search"
-    if _host_is(host, SOCIAL_HOSTS):
+    if _is_site(host, SOCIAL_SITES):
         return "social"
     return "referral"
 
 
-def _host_is(host: str, patterns: tuple[str, ...]) -> bool:
-    host = host.lower().removeprefix("www.").removeprefix("m.")
-    return any(host.startswith(p) or f".{p}" in host or host == p for p in patterns)
+def _is_site(host: str, sites: tuple[str, ...]) -> bool:
+    """Whether `host` is one of `sites`: an exact domain (`t.co`, and its subdomains), or a site
+    name followed by any country domain (`google` matches google.com, news.google.co.uk)."""
+    dotted = f".{host.removeprefix('m.')}."
+    return any(f".{site}." in dotted for site in sites)
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ingest.channels import classify
-from services.ingest.messages import Message, Rejection, pack
+from services.ingest.messages import Message, Rejection, pack, printable_id
 from services.ingest.store import events, identities, inbox, quarantine, seen_messages
 from shared.events import CustomerErased, CustomerLinked, Interaction, record, to_iso
 from shared.outbox import Outbox
@@ -71,19 +71,18 @@ async def _quarantine(session: AsyncSession, rejections: list[Rejection], receiv
 
 
 def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
-    raw = rejection.raw if isinstance(rejection.raw, dict) else {}
+    raw = rejection.raw
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k != "writeKey"}  # readers see the quarantine
+    ids = raw if isinstance(raw, dict) else {}
     return {
         "received_at": received_at,
         "reason": rejection.reason,
-        "message_id": rejection.message_id,
-        "user_id": _short(raw.get("userId", raw.get("user_id"))),
-        "anonymous_id": _short(raw.get("anonymousId", raw.get("anonymous_id"))),
-        "raw": orjson.dumps(rejection.raw),
+        "message_id": printable_id(rejection.message_id),
+        "user_id": printable_id(ids.get("userId", ids.get("user_id"))),
+        "anonymous_id": printable_id(ids.get("anonymousId", ids.get("anonymous_id"))),
+        "raw": orjson.dumps(raw),
     }
-
-
-def _short(value: object) -> str | None:
-    return str(value)[:200] if isinstance(value, (str, int)) and value != "" else None
 
 
 async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: datetime) -> list[Message]:
@@ -112,15 +111,32 @@ async def _stitch(session: AsyncSession, messages: list[Message], at: datetime, 
     ids = {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
     rows = await session.execute(select(identities).where(identities.c.alias_id.in_(ids)))
     links = {row.alias_id: row.customer_id for row in rows}
+    merged: list[str] = []
     for merged_id, into in _new_links(messages):
         customer = links.get(into, into)
         if merged_id in links or merged_id == customer:
             continue  # an id links once; the first customer keeps it
-        await _link(session, merged_id, customer, at)
         links.update({k: customer for k, v in links.items() if v == merged_id})
         links[merged_id] = customer
-        outbox.publish(CustomerLinked(customer_id=customer, merged_id=merged_id, at=at))
+        merged.append(merged_id)
+    if merged:
+        await _save_links(session, {m: links[m] for m in merged}, at)
+        for merged_id in merged:
+            outbox.publish(CustomerLinked(customer_id=links[merged_id], merged_id=merged_id, at=at))
     return links
+
+
+async def _save_links(session: AsyncSession, moves: dict[str, str], at: datetime) -> None:
+    """Each merged id, and every id and event already counted for it, now count for its customer.
+    Three statements for the whole batch, whatever the number of links."""
+    params = [{"old": merged_id, "new": customer} for merged_id, customer in moves.items()]
+    await session.execute(
+        update(identities).where(identities.c.customer_id == bindparam("old")).values(customer_id=bindparam("new")),
+        params)
+    await session.execute(insert(identities), [
+        {"alias_id": merged_id, "customer_id": customer, "linked_at": at} for merged_id, customer in moves.items()])
+    await session.execute(
+        update(events).where(events.c.customer_id == bindparam("old")).values(customer_id=bindparam("new")), params)
 
 
 def _new_links(messages: list[Message]) -> list[tuple[str, str]]:
@@ -131,13 +147,6 @@ def _new_links(messages: list[Message]) -> list[tuple[str, str]]:
         if m.anonymous_id and m.user_id:
             pairs.append((m.anonymous_id, m.user_id))
     return pairs
-
-
-async def _link(session: AsyncSession, merged_id: str, customer: str, at: datetime) -> None:
-    """`merged_id` and every id already merged into it now count for `customer`, past events too."""
-    await session.execute(update(identities).where(identities.c.customer_id == merged_id).values(customer_id=customer))
-    await session.execute(insert(identities).values(alias_id=merged_id, customer_id=customer, linked_at=at))
-    await session.execute(update(events).where(events.c.customer_id == merged_id).values(customer_id=customer))
 
 
 def _canonical(message: Message, customer_id: str) -> dict[str, object]:

@@ -136,6 +136,8 @@ def _id(raw: dict[str, Any], key: str) -> str | None:
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
         raise Invalid(f"'{key}' is longer than {MAX_ID_LENGTH} characters")
+    if "\x00" in text:
+        raise Invalid(f"'{key}' contains a NUL character")
     return text
 
 
@@ -152,7 +154,7 @@ def _occurred_at(raw: dict[str, Any], received_at: datetime, batch_sent_at: Any)
     timestamp = parse_time(raw.get("timestamp"), "timestamp")
     if timestamp is None:
         return received_at
-    sent_at = parse_time(raw.get("sentAt", batch_sent_at), "sentAt")
+    sent_at = parse_time(raw.get("sentAt") or batch_sent_at, "sentAt")
     return timestamp + (received_at - sent_at) if sent_at else timestamp
 
 
@@ -169,8 +171,16 @@ def parse_time(value: Any, name: str) -> datetime | None:
 
 
 def _message_id_of(raw: Any) -> str | None:
+    """The messageId as far as it can be read, to name a rejected message."""
     value = raw.get("messageId") if isinstance(raw, dict) else None
-    return str(value)[:MAX_ID_LENGTH] if isinstance(value, (str, int)) and value != "" else None
+    return printable_id(value)
+
+
+def printable_id(value: Any) -> str | None:
+    """An id fit to store and show whatever was sent: text, bounded, without NUL characters."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value).replace("\x00", "")[:MAX_ID_LENGTH] or None
 
 
 def pack(messages: list[Message]) -> bytes:

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_members (
-    grp TEXT NOT NULL, member TEXT NOT NULL, heartbeat REAL NOT NULL,
+    grp TEXT NOT NULL, member TEXT NOT NULL, heartbeat REAL NOT NULL, topics TEXT NOT NULL,
     PRIMARY KEY (grp, member)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_owners (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
@@ -184,22 +184,20 @@ class EmbeddedBus:
 
     # Called on the bus thread by consumers.
     def _rebalance(
-        self, group: str, member: str, partitions: list[TopicPartition]
+        self, group: str, member: str, topics: list[str]
     ) -> tuple[set[TopicPartition], set[TopicPartition]]:
         """Heartbeat, release what is no longer ours, claim what is free; returns (owned, target)."""
         db = self._db()
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT OR REPLACE INTO group_members VALUES (?, ?, ?)", (group, member, now))
+            db.execute("INSERT OR REPLACE INTO group_members VALUES (?, ?, ?, ?)", (group, member, now, json.dumps(topics)))
             db.execute("DELETE FROM group_members WHERE grp = ? AND heartbeat < ?", (group, now - self.session_timeout))
             db.execute(
                 "DELETE FROM group_owners WHERE grp = ? AND member NOT IN (SELECT member FROM group_members WHERE grp = ?)",
                 (group, group),
             )
-            members = [m for (m,) in db.execute("SELECT member FROM group_members WHERE grp = ? ORDER BY member", (group,))]
-            me = members.index(member)
-            target = {tp for i, tp in enumerate(partitions) if i % len(members) == me}
+            target = self._target(group, member, topics)
             owned = self._owned(group, member)
             db.executemany(
                 "DELETE FROM group_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?",
@@ -214,6 +212,17 @@ class EmbeddedBus:
             db.execute("ROLLBACK")
             raise
         return owned, target
+
+    def _target(self, group: str, member: str, topics: list[str]) -> set[TopicPartition]:
+        """Our share: each topic's partitions dealt in turn to the members subscribed to it."""
+        rows = self._db().execute("SELECT member, topics FROM group_members WHERE grp = ? ORDER BY member", (group,))
+        subscriptions = [(m, set(json.loads(t))) for m, t in rows]
+        target = set()
+        for topic in topics:
+            subscribers = [m for m, subscribed in subscriptions if topic in subscribed]
+            me = subscribers.index(member)
+            target |= {(topic, p) for p in range(self._ensure_topic(topic)) if p % len(subscribers) == me}
+        return target
 
     def _owned(self, group: str, member: str) -> set[TopicPartition]:
         rows = self._db().execute(
@@ -248,18 +257,15 @@ class EmbeddedConsumer:
     def __init__(self, bus: EmbeddedBus, group: str, topics: list[str]) -> None:
         self.bus = bus
         self.group = group
-        self.topics = list(topics)
+        self.topics = sorted(topics)
         self.member = f"{uuid.uuid4()}"
         self._positions: dict[TopicPartition, int] = {}
         self._seeks: dict[TopicPartition, int] = {}
         self._last_heartbeat = 0.0
-        self._all_partitions: list[TopicPartition] = []
         self._interval = self.HEARTBEAT_SECONDS
 
     async def start(self) -> None:
         await self.bus.ensure_topics(self.topics)
-        counts = await self.bus._run(lambda: {t: self.bus._ensure_topic(t) for t in self.topics})
-        self._all_partitions = [(t, p) for t in sorted(self.topics) for p in range(counts[t])]
         await self._rebalance()
 
     async def stop(self) -> None:
@@ -270,7 +276,7 @@ class EmbeddedConsumer:
         return set(self._positions)
 
     async def _rebalance(self) -> None:
-        owned, target = await self.bus._run(self.bus._rebalance, self.group, self.member, self._all_partitions)
+        owned, target = await self.bus._run(self.bus._rebalance, self.group, self.member, self.topics)
         self._last_heartbeat = time.monotonic()
         # Until we own our whole share, look again soon: the previous owner releases at its next poll.
         self._interval = self.HEARTBEAT_SECONDS if owned == target else 0.1

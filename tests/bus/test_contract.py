@@ -226,3 +226,17 @@ class TestDeadLetters:
         assert [r.key for r in dead] == ["poison"]
         assert "cannot handle this one" in dead[0].headers["dlq-error"]
         assert dead[0].headers["dlq-attempts"] == "2"
+
+
+class TestGroupsAcrossTopics:
+    async def test_members_subscribed_to_different_topics_each_get_all_of_their_topic(self, make_bus, topic):
+        other = f"{topic}-other"
+        bus = await make_bus()
+        await bus.publish(records(topic, 40, keys=10) + records(other, 40, keys=10))
+        first = await started(bus, "mixed", [topic])
+        second = await started(bus, "mixed", [other])
+        got_first, got_second = await asyncio.gather(consume(first, 40), consume(second, 40))
+        assert {r.topic for r in got_first} == {topic} and len({r.value for r in got_first}) == 40
+        assert {r.topic for r in got_second} == {other} and len({r.value for r in got_second}) == 40
+        await first.stop()
+        await second.stop()
