@@ -185,7 +185,7 @@ class TestRejectedMessages:
         answer = await send_batch(client, batch)
         assert answer["success"] is True and answer["accepted"] == 2
         assert [r["index"] for r in answer["rejected"]] == list(range(1, len(INVALID) + 1))
-        for rejected, (message, expected) in zip(answer["rejected"], INVALID):
+        for rejected, (message, expected) in zip(answer["rejected"], INVALID, strict=True):
             assert rejected["messageId"] == (message.get("messageId") if isinstance(message, dict) else None)
             assert expected in rejected["reason"]
         items = await wait_for_events(client, "u-mixed", "ok-1", "ok-2")
@@ -196,7 +196,7 @@ class TestRejectedMessages:
         kept = await quarantine(client)
         assert len(kept) == len(INVALID)
         by_raw = {repr(k["message"]): k for k in kept}
-        for rejected, (message, _) in zip(answer["rejected"], INVALID):
+        for rejected, (message, _) in zip(answer["rejected"], INVALID, strict=True):
             item = by_raw[repr(message)]
             assert item["reason"] == rejected["reason"]
             assert item["message_id"] == rejected["messageId"]
