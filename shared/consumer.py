@@ -69,14 +69,19 @@ class ConsumerLoop:
         self.consumer: Consumer | None = None
         self.healthy = False
         self._last_lag_report = 0.0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the batch in hand (processed, committed), then return from `run`."""
+        self._stopping.set()
 
     async def run(self) -> None:
         self.consumer = self.bus.consumer(self.group, self.topics)
         await self.consumer.start()
         self.healthy = True
         try:
-            while True:
-                records = await self.consumer.poll(max_records=500, timeout=1.0)
+            while not self._stopping.is_set():
+                records = await self.consumer.poll(max_records=500, timeout=0.5)
                 if records:
                     await self.process(records)
                     await self.consumer.commit(next_offsets(records))

@@ -49,8 +49,14 @@ class OutboxRelay:
         self.interval = interval
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._stopping = False
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Flush once more, then return from `run`."""
+        self._stopping = True
         self._wake.set()
 
     async def flush(self) -> int:
@@ -75,7 +81,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Flush when woken, and every `interval` for rows a crashed process left behind."""
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except asyncio.TimeoutError:
@@ -85,4 +91,5 @@ class OutboxRelay:
                 await self.flush()
             except Exception:  # the bus or store is down: keep the rows, try again later
                 log.exception("outbox relay failed; will retry")
-                await asyncio.sleep(self.interval)
+                if not self._stopping:
+                    await asyncio.sleep(self.interval)

@@ -60,6 +60,22 @@ class Runtime:
     consumer: ConsumerLoop | None
     clock: Clock = field(default_factory=Clock)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Set at shutdown: workers and periodic jobs finish what they hold and return.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop_tasks(self, grace: float = 10.0) -> None:
+        """Let every task finish its transaction in hand; cancel only what is still busy after
+        `grace` seconds (cancelling mid-transaction can leave a database connection unusable)."""
+        self.stopping.set()
+        self.relay.stop()
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self.tasks:
+            _, busy = await asyncio.wait(self.tasks, timeout=grace)
+            for task in busy:
+                log.warning("task %s did not stop within %s s; cancelling it", task.get_name(), grace)
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
@@ -83,7 +99,8 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
             await the_bus.start()
         runtime.tasks = [asyncio.create_task(relay.run(), name=f"{parts.name}-outbox")]
         if consumer is not None:
-            runtime.tasks.append(asyncio.create_task(_supervise(consumer), name=f"{parts.name}-consumer"))
+            runtime.tasks.append(
+                asyncio.create_task(_supervise(consumer, runtime.stopping), name=f"{parts.name}-consumer"))
         for name, worker in parts.workers:
             runtime.tasks.append(asyncio.create_task(worker(runtime), name=name))
         for name, seconds, job in parts.periodic:
@@ -92,9 +109,7 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for task in runtime.tasks:
-                task.cancel()
-            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            await runtime.stop_tasks()
             if owns_bus:
                 await the_bus.stop()
             await store.dispose()
@@ -130,25 +145,31 @@ def install_operational_shell(app: FastAPI, service: str, cors_origins: str) -> 
     app.add_middleware(RequestContextMiddleware, service=service)
 
 
-async def _supervise(consumer: ConsumerLoop) -> None:
+async def _supervise(consumer: ConsumerLoop, stopping: asyncio.Event) -> None:
     """Keep the consumer running through bus outages; a crash restarts it from committed offsets."""
-    while True:
+    while not stopping.is_set():
         try:
             await consumer.run()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("%s consumer stopped; restarting in 2 s", consumer.service)
-            await asyncio.sleep(2)
+            await _sleep_unless(stopping, 2)
 
 
 async def _every(seconds: float, job: Callable[[Runtime], Awaitable[None]], runtime: Runtime, name: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
+    while not await _sleep_unless(runtime.stopping, seconds):
         try:
             await job(runtime)
         except Exception:
             log.exception("periodic job %s failed; next try in %s s", name, seconds)
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds`, or less if stopping; True when stopping."""
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+    return stopping.is_set()
 
 
 def metrics_response() -> Response:

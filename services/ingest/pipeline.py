@@ -40,9 +40,9 @@ class Pipeline:
         self._wake.set()
 
     async def run(self, runtime: Runtime) -> None:
-        while True:
+        while not runtime.stopping.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

@@ -219,8 +219,8 @@ class TestDeadLetters:
                 await asyncio.sleep(0.1)
             assert await handled() == ["a", "b"]
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            loop.stop()
+            await asyncio.wait_for(task, timeout=15)
             await dlq.stop()
             await store.dispose()
         assert [r.key for r in dead] == ["poison"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def poll(fn, timeout: float = 20):  # type: ignore[no-untyped-def]
         time.sleep(0.1)
 
 
-async def published(env: dict[str, str], count: int) -> list[dict[str, object]]:
-    """What reached interactions.v1, read by a consumer group of our own."""
+async def published(env: dict[str, str], ids: set[str]) -> list[dict[str, object]]:
+    """Our events as they reached interactions.v1 (read by a group of our own; the broker is
+    shared with other tests, so other records are skipped). Reads a little past the last one so
+    a duplicate would be seen."""
     bus = create_bus(CommonSettings(**{k.lower(): v for k, v in env.items()}))
     await bus.start()
     consumer = bus.consumer(f"e2e-reader-{time.monotonic_ns()}", ["interactions.v1"])
@@ -73,8 +76,9 @@ async def published(env: dict[str, str], count: int) -> list[dict[str, object]]:
     got: list[dict[str, object]] = []
     deadline = time.monotonic() + 30
     try:
-        while len(got) < count and time.monotonic() < deadline:
-            got += [orjson.loads(r.value) for r in await consumer.poll(timeout=0.5)]
+        while {e["event_id"] for e in got} != ids and time.monotonic() < deadline:
+            got += [e for r in await consumer.poll(timeout=0.5) if (e := orjson.loads(r.value))["event_id"] in ids]
+        got += [e for r in await consumer.poll(timeout=1.0) if (e := orjson.loads(r.value))["event_id"] in ids]
     finally:
         await consumer.stop()
         await bus.stop()
@@ -83,11 +87,12 @@ async def published(env: dict[str, str], count: int) -> list[dict[str, object]]:
 
 class TestIngestAcrossProcesses:
     def test_events_sent_to_the_gateway_reach_the_timeline_and_the_bus(self, deployment: str, bus_env):
+        run = uuid.uuid4().hex[:8]  # the Kafka broker outlives this test: ids of our own
         batch = {"batch": [
-            {"type": "page", "anonymousId": "visitor-1", "name": "Home", "messageId": "p-1",
+            {"type": "page", "anonymousId": "visitor-1", "name": "Home", "messageId": f"p-{run}",
              "context": {"page": {"referrer": "https://www.google.com/"}}},
-            {"type": "identify", "anonymousId": "visitor-1", "userId": "ann", "messageId": "i-1"},
-            {"type": "track", "userId": "ann", "event": "Order Completed", "messageId": "o-1",
+            {"type": "identify", "anonymousId": "visitor-1", "userId": "ann", "messageId": f"i-{run}"},
+            {"type": "track", "userId": "ann", "event": "Order Completed", "messageId": f"o-{run}",
              "properties": {"revenue": 20}},
         ]}
         answer = httpx.post(f"{deployment}/v1/batch", json=batch, auth=WRITE, timeout=10)
@@ -101,11 +106,12 @@ class TestIngestAcrossProcesses:
 
         items = poll(timeline)
         assert [i["event_id"] for i in items] and {i["customer_id"] for i in items} == {"ann"}
-        events = asyncio.run(published(bus_env, 3))
-        assert sorted(e["event_id"] for e in events) == ["i-1", "o-1", "p-1"]  # once each, despite the retry
+        ids = {f"p-{run}", f"i-{run}", f"o-{run}"}
+        events = asyncio.run(published(bus_env, ids))
+        assert sorted(e["event_id"] for e in events) == sorted(ids)  # once each, despite the retry
         by_id = {e["event_id"]: e for e in events}
-        assert by_id["p-1"]["channel"] == "search"
-        assert by_id["o-1"]["customer_id"] == "ann"
+        assert by_id[f"p-{run}"]["channel"] == "search"
+        assert by_id[f"o-{run}"]["customer_id"] == "ann"
 
     def test_gateway_ready_reports_the_remote_service(self, deployment: str):
         ready = httpx.get(f"{deployment}/ready", timeout=10).json()

@@ -67,9 +67,9 @@ async def running(loop: ConsumerLoop) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        loop.stop()
+        loop.relay.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
 
 async def eventually(
