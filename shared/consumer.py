@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,9 +29,11 @@ log = logging.getLogger("funnelstream.consumer")
 
 @dataclass
 class Transaction:
-    """What a handler gets: the open store session, and `publish` for events to send after commit."""
+    """What a handler gets: the open store session, `publish` for events to send after commit,
+    and `now`, the service clock when the transaction began (tests move that clock)."""
 
     session: AsyncSession
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     outbox: Outbox = field(default_factory=Outbox)
 
     def publish(self, event: Event) -> None:
@@ -56,6 +59,7 @@ class ConsumerLoop:
         relay: OutboxRelay,
         max_attempts: int = 5,
         group: str | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.service = service
         self.bus = bus
@@ -65,6 +69,7 @@ class ConsumerLoop:
         self.relay = relay
         self.max_attempts = max_attempts
         self.group = group or service
+        self.now = now
         self.topics = topics_of(handlers)
         self.consumer: Consumer | None = None
         self.healthy = False
@@ -118,7 +123,7 @@ class ConsumerLoop:
         events = [(message_id(r), r) for r in records]
         async with self.store.transaction() as session:
             done = await self._already_processed(session, [mid for mid, _ in events])
-            tx = Transaction(session)
+            tx = Transaction(session, self.now())
             fresh: list[str] = []
             for mid, record in events:
                 if mid in done:

@@ -86,7 +86,8 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
     store = Store(settings.store_url)
     relay = OutboxRelay(store, parts.tables, the_bus)
     consumer = (
-        ConsumerLoop(parts.name, the_bus, store, parts.tables, parts.handlers, relay, settings.bus_max_attempts)
+        ConsumerLoop(parts.name, the_bus, store, parts.tables, parts.handlers, relay, settings.bus_max_attempts,
+                     now=lambda: runtime.clock.now())
         if parts.handlers
         else None
     )

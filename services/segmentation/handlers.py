@@ -1,6 +1,143 @@
-"""What the segmentation service does with each consumed event type."""
+"""What segmentation does with each consumed event: keep profiles, then re-evaluate the customer.
+
+Order-safe: first/last seen are min/max, a trait keeps the value of its latest identify, the
+first-touch channel is the channel of the earliest event, and order figures are recomputed from
+the orders table, so late and repeated events give the same profile as events in order.
+"""
 from __future__ import annotations
 
-from shared.consumer import Handlers
+from datetime import datetime
+from typing import Any
 
-HANDLERS: Handlers = {}
+import orjson
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation.evaluation import CUSTOMER_FAMILIES, POPULATION_FAMILIES, Wanted, apply, evaluate_customer
+from services.segmentation.logic import Thresholds
+from services.segmentation.store import history, links, memberships, orders, profiles
+from shared.consumer import Handlers, Transaction
+from shared.events import CustomerErased, CustomerLinked, Event, Interaction
+from shared.store import insert_ignoring_conflicts
+
+ORDER_EVENT = "Order Completed"
+
+
+def order_amount(properties: dict[str, Any]) -> float:
+    """`revenue`, else `total`, else `value` (Segment e-commerce spec); numbers or numeric text."""
+    for key in ("revenue", "total", "value"):
+        value = properties.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return 0.0
+
+
+async def canonical(session: AsyncSession, customer_id: str) -> str:
+    linked = await session.scalar(select(links.c.customer_id).where(links.c.alias_id == customer_id))
+    return linked or customer_id
+
+
+def make_handlers(thresholds: Thresholds) -> Handlers:
+    async def on_interaction(event: Event, tx: Transaction) -> None:
+        assert isinstance(event, Interaction)
+        customer = await canonical(tx.session, event.customer_id)
+        await _record_event(tx.session, customer, event)
+        if event.type == "track" and event.name == ORDER_EVENT:
+            amount = order_amount(event.properties)
+            await tx.session.execute(insert_ignoring_conflicts(orders, _dialect(tx.session)).values(
+                event_id=event.event_id, customer_id=customer, at=event.occurred_at, amount=amount))
+            await _refresh_orders(tx.session, customer)
+        await evaluate_customer(tx.session, customer, tx.now, thresholds, tx.outbox)
+
+    async def on_linked(event: Event, tx: Transaction) -> None:
+        assert isinstance(event, CustomerLinked)
+        await _merge(tx, event.merged_id, event.customer_id, tx.now)
+        await evaluate_customer(tx.session, event.customer_id, tx.now, thresholds, tx.outbox)
+
+    async def on_erased(event: Event, tx: Transaction) -> None:
+        assert isinstance(event, CustomerErased)
+        everyone = [event.customer_id, *event.merged_ids]
+        everyone += list((await tx.session.execute(
+            select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
+        for table, column in ((profiles, profiles.c.customer_id), (orders, orders.c.customer_id),
+                              (memberships, memberships.c.customer_id), (history, history.c.customer_id),
+                              (links, links.c.customer_id)):
+            await tx.session.execute(delete(table).where(column.in_(everyone)))
+        await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
+
+    return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased]}
+
+
+async def _record_event(session: AsyncSession, customer: str, event: Interaction) -> None:
+    row = (await session.execute(select(profiles).where(profiles.c.customer_id == customer))).first()
+    at = event.occurred_at
+    if row is None:
+        traits_at = {name: at.isoformat() for name in event.traits}
+        await session.execute(insert(profiles).values(
+            customer_id=customer, traits=orjson.dumps(event.traits), traits_at=orjson.dumps(traits_at),
+            first_seen=at, last_seen=at, event_count=1, order_count=0, revenue=0.0,
+            channel=event.channel, channel_at=at))
+        return
+    traits, traits_at = _merge_traits(
+        (orjson.loads(row.traits), orjson.loads(row.traits_at)), (event.traits, {k: at.isoformat() for k in event.traits}))
+    first_touch = at < row.channel_at if row.channel_at else True
+    await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
+        traits=orjson.dumps(traits), traits_at=orjson.dumps(traits_at),
+        first_seen=min(row.first_seen, at), last_seen=max(row.last_seen, at),
+        event_count=row.event_count + 1,
+        channel=event.channel if first_touch else row.channel,
+        channel_at=at if first_touch else row.channel_at))
+
+
+def _merge_traits(
+    mine: tuple[dict[str, Any], dict[str, str]], theirs: tuple[dict[str, Any], dict[str, str]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Per trait, the value set latest wins (ISO-8601 UTC strings compare in time order)."""
+    traits, traits_at = dict(mine[0]), dict(mine[1])
+    for name, value in theirs[0].items():
+        if name not in traits_at or theirs[1][name] >= traits_at[name]:
+            traits[name], traits_at[name] = value, theirs[1][name]
+    return traits, traits_at
+
+
+async def _refresh_orders(session: AsyncSession, customer: str) -> None:
+    count, revenue, last = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(orders.c.amount), 0.0), func.max(orders.c.at))
+        .where(orders.c.customer_id == customer))).one()
+    await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
+        order_count=count, revenue=float(revenue), last_order_at=last))
+
+
+async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) -> None:
+    """`merged_id`'s profile, orders and links move to `customer`; its memberships end."""
+    session = tx.session
+    await session.execute(update(links).where(links.c.customer_id == merged_id).values(customer_id=customer))
+    await session.execute(insert_ignoring_conflicts(links, _dialect(session)).values(alias_id=merged_id, customer_id=customer))
+    old = (await session.execute(select(profiles).where(profiles.c.customer_id == merged_id))).first()
+    if old is None:
+        return
+    await session.execute(update(orders).where(orders.c.customer_id == merged_id).values(customer_id=customer))
+    await apply(session, [Wanted(merged_id, {})], CUSTOMER_FAMILIES + POPULATION_FAMILIES, now, tx.outbox)
+    await session.execute(delete(profiles).where(profiles.c.customer_id == merged_id))
+    into = (await session.execute(select(profiles).where(profiles.c.customer_id == customer))).first()
+    if into is None:
+        await session.execute(insert(profiles).values({**old._mapping, "customer_id": customer}))
+    else:
+        traits, traits_at = _merge_traits(
+            (orjson.loads(into.traits), orjson.loads(into.traits_at)), (orjson.loads(old.traits), orjson.loads(old.traits_at)))
+        older_touch = old.channel_at is not None and (into.channel_at is None or old.channel_at < into.channel_at)
+        await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
+            traits=orjson.dumps(traits), traits_at=orjson.dumps(traits_at),
+            first_seen=min(into.first_seen, old.first_seen), last_seen=max(into.last_seen, old.last_seen),
+            event_count=into.event_count + old.event_count,
+            channel=old.channel if older_touch else into.channel,
+            channel_at=old.channel_at if older_touch else into.channel_at))
+    await _refresh_orders(session, customer)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name

@@ -1,7 +1,81 @@
-"""The segmentation store: its tables live here and nowhere else."""
+"""The segmentation store: profiles, orders, segment memberships and their history."""
 from __future__ import annotations
 
-from shared.store import add_bus_tables, make_metadata
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, String, Table, Text
+
+from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
 
 metadata = make_metadata()
 bus_tables = add_bus_tables(metadata)
+
+# One row per customer. `traits_at` holds, per trait, when it was set, so a late identify never
+# overwrites a newer value; `channel_at` is the time of the event that gave the first touch.
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("traits", LargeBinary, nullable=False),
+    Column("traits_at", LargeBinary, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("event_count", Integer, nullable=False),
+    Column("order_count", Integer, nullable=False),
+    Column("revenue", Float, nullable=False),
+    Column("last_order_at", UTCDateTime, index=True),
+    Column("channel", String(50)),
+    Column("channel_at", UTCDateTime),
+    # Written by the population recompute (value tier and RFM are relative to all buyers).
+    Column("value_tier", String(20)),
+    Column("rfm_r", Integer),
+    Column("rfm_f", Integer),
+    Column("rfm_m", Integer),
+    Column("rfm_label", String(40)),
+)
+
+# Every order, so counts, revenue and the 365-day frequency stay right under late and repeated events.
+orders = Table(
+    "orders",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("amount", Float, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("segment", String(200), primary_key=True),
+    Column("since", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_memberships_segment", "segment", "customer_id"),
+)
+
+history = Table(
+    "membership_history",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("customer_id", String(200), nullable=False, index=True),
+    Column("segment", String(200), nullable=False),
+    Column("change", String(10), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_membership_history_segment_at", "segment", "at"),
+)
+
+# Ids merged into a customer (from customers.v1), so their late events land on the customer.
+links = Table(
+    "links",
+    metadata,
+    Column("alias_id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False, index=True),
+)
+
+# When each scheduled job last ran, so a restart resumes where it stopped.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("last_run_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,21 @@
+"""`make bench`: every benchmark, each printed with its ratio to a baseline measured in the same run
+(never a timed test: these machines are noisy, a ratio in one process is what we compare)."""
+from __future__ import annotations
+
+import time
+
+from bench import ingest
+
+BENCHMARKS = [("ingest", ingest.main)]
+
+
+def main() -> None:
+    for name, run in BENCHMARKS:
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        run()
+        print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Applying the segment rules to the store: memberships change, history records it, and every
+change is published on segments.v1 (through the outbox, in the same transaction).
+
+- Per customer, after each of their events: lifecycle and frequency tier (`evaluate_customer`).
+- For all buyers at once, every `reevaluate_seconds`: value tier and RFM, which are relative to
+  the whole population, and the time-based segments of customers whose last order or oldest
+  in-window order crossed a threshold since the previous run (`reevaluate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation import logic
+from services.segmentation.logic import Thresholds
+from services.segmentation.store import history, job_runs, memberships, orders, profiles
+from shared.events import SegmentChanged
+from shared.outbox import Outbox
+
+CUSTOMER_FAMILIES = ("lifecycle:", "frequency:")
+POPULATION_FAMILIES = ("value:", "rfm:")
+REEVALUATE_JOB = "reevaluate"
+
+
+def days_between(earlier: datetime, later: datetime) -> float:
+    return (later - earlier).total_seconds() / 86400
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The segments (with the reason for each) a customer should be in, within some families."""
+
+    customer_id: str
+    segments: dict[str, str]
+
+
+async def evaluate_customer(session: AsyncSession, customer_id: str, now: datetime, t: Thresholds, outbox: Outbox) -> None:
+    profile = (await session.execute(select(profiles).where(profiles.c.customer_id == customer_id))).first()
+    if profile is None:
+        return
+    since = now - timedelta(days=t.frequency_window_days)
+    recent = await session.scalar(
+        select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id, orders.c.at > since))
+    wanted = _customer_segments(profile.order_count, profile.last_order_at, recent or 0, now, t)
+    await apply(session, [Wanted(customer_id, wanted)], CUSTOMER_FAMILIES, now, outbox)
+
+
+def _customer_segments(
+    order_count: int, last_order_at: datetime | None, recent_orders: int, now: datetime, t: Thresholds
+) -> dict[str, str]:
+    days = days_between(last_order_at, now) if last_order_at else None
+    stage = logic.lifecycle(order_count, days, t)
+    wanted = {f"lifecycle:{stage}": _lifecycle_reason(stage, order_count, days, t)}
+    if tier := logic.frequency_tier(recent_orders, t):
+        wanted[f"frequency:{tier}"] = f"{recent_orders} order(s) in the last {t.frequency_window_days:g} days"
+    return wanted
+
+
+def _lifecycle_reason(stage: str, order_count: int, days: float | None, t: Thresholds) -> str:
+    if days is None:
+        return "no order yet"
+    last = f"last order {days:.1f} days ago"
+    return {
+        "churned": f"{last} (> {t.churned_days:g})",
+        "at_risk": f"{last} (> {t.at_risk_days:g})",
+        "loyal": f"{order_count} orders (>= {t.loyal_orders}), {last}",
+    }.get(stage, f"{order_count} order(s), {last}")
+
+
+async def apply(
+    session: AsyncSession, wanted: list[Wanted], families: tuple[str, ...], at: datetime, outbox: Outbox,
+    everyone: bool = False,
+) -> int:
+    """Make memberships within `families` match `wanted`; with `everyone`, customers missing from
+    `wanted` leave those families. Returns how many memberships changed."""
+    current = await _current(session, families, None if everyone else [w.customer_id for w in wanted])
+    target = {(w.customer_id, s): reason for w in wanted for s, reason in w.segments.items()}
+    exits = [key for key in current if key not in target]
+    entries = [key for key in target if key not in current]
+    if exits:
+        await session.execute(
+            delete(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s")),
+            [{"c": c, "s": s} for c, s in exits])
+    if entries:
+        await session.execute(insert(memberships), [
+            {"customer_id": c, "segment": s, "since": at, "reason": target[(c, s)]} for c, s in entries])
+    changes = [(c, s, "exited", current[(c, s)]) for c, s in exits] + [(c, s, "entered", target[(c, s)]) for c, s in entries]
+    if changes:
+        await session.execute(insert(history), [
+            {"customer_id": c, "segment": s, "change": change, "at": at, "reason": reason}
+            for c, s, change, reason in changes])
+        for c, s, change, reason in changes:
+            outbox.publish(SegmentChanged(customer_id=c, segment=s, change=change, at=at, reason=reason))  # type: ignore[arg-type]
+    return len(changes)
+
+
+async def _current(
+    session: AsyncSession, families: tuple[str, ...], customers: list[str] | None
+) -> dict[tuple[str, str], str]:
+    query = select(memberships.c.customer_id, memberships.c.segment, memberships.c.reason).where(
+        or_(*(memberships.c.segment.startswith(f) for f in families)))
+    if customers is not None:
+        query = query.where(memberships.c.customer_id.in_(customers))
+    return {(r.customer_id, r.segment): r.reason for r in await session.execute(query)}
+
+
+async def recompute_population(session: AsyncSession, now: datetime, t: Thresholds, outbox: Outbox) -> int:
+    """Value tiers and RFM for every buyer, from one read of the buyers."""
+    buyers = (await session.execute(
+        select(profiles.c.customer_id, profiles.c.last_order_at, profiles.c.order_count, profiles.c.revenue)
+        .where(profiles.c.order_count > 0))).all()
+    tiers = logic.value_tiers({b.customer_id: b.revenue for b in buyers}, t)
+    scores = logic.rfm({b.customer_id: (days_between(b.last_order_at, now), b.order_count, b.revenue) for b in buyers})
+    if buyers:
+        await session.execute(
+            update(profiles).where(profiles.c.customer_id == bindparam("cid")).values(
+                value_tier=bindparam("tier"), rfm_r=bindparam("r"), rfm_f=bindparam("f"), rfm_m=bindparam("m"),
+                rfm_label=bindparam("label")),
+            [{"cid": c, "tier": tiers[c], "r": s.r, "f": s.f, "m": s.m, "label": s.label} for c, s in scores.items()])
+    n = len(buyers)
+    wanted = [
+        Wanted(c, {
+            f"value:{tiers[c]}": f"revenue rank among {n} buyers puts it in the {tiers[c]} tier",
+            f"rfm:{s.label}": f"r={s.r} f={s.f} m={s.m}",
+        })
+        for c, s in scores.items()
+    ]
+    return await apply(session, wanted, POPULATION_FAMILIES, now, outbox, everyone=True)
+
+
+async def customers_to_reevaluate(session: AsyncSession, last_run: datetime | None, now: datetime, t: Thresholds) -> list[str]:
+    """Customers whose time-based segments can have changed since `last_run`: their last order
+    crossed the at-risk or churned age, or an order left the frequency window."""
+    if last_run is None:
+        return list((await session.execute(select(profiles.c.customer_id).where(profiles.c.order_count > 0))).scalars())
+    crossed = [
+        and_(profiles.c.last_order_at > last_run - timedelta(days=days), profiles.c.last_order_at <= now - timedelta(days=days))
+        for days in (t.at_risk_days, t.churned_days)
+    ]
+    window = timedelta(days=t.frequency_window_days)
+    by_age = select(profiles.c.customer_id).where(or_(*crossed))
+    by_window = select(orders.c.customer_id).where(orders.c.at > last_run - window, orders.c.at <= now - window)
+    found = set((await session.execute(by_age)).scalars()) | set((await session.execute(by_window)).scalars())
+    return sorted(found)
+
+
+async def reevaluate(session: AsyncSession, now: datetime, t: Thresholds, outbox: Outbox) -> int:
+    """The scheduled pass: time-based segments of the customers that may have moved, then the
+    population tiers. Remembers when it ran, so a restart misses nothing."""
+    last_run = await session.scalar(select(job_runs.c.last_run_at).where(job_runs.c.name == REEVALUATE_JOB))
+    for customer_id in await customers_to_reevaluate(session, last_run, now, t):
+        await evaluate_customer(session, customer_id, now, t, outbox)
+    changed = await recompute_population(session, now, t, outbox)
+    if last_run is None:
+        await session.execute(insert(job_runs).values(name=REEVALUATE_JOB, last_run_at=now))
+    else:
+        await session.execute(update(job_runs).where(job_runs.c.name == REEVALUATE_JOB).values(last_run_at=now))
+    return changed
+

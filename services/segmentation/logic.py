@@ -1,0 +1,124 @@
+"""The built-in segments of API.md section 3, as pure functions. No I/O, no clock.
+
+Shares are compared with exact fractions and scores with integers, so a tier boundary never
+moves by a float rounding error (0.7 * 10 is 7.000000000000001 in floats).
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    churned_days: float = 180
+    at_risk_days: float = 90
+    loyal_orders: int = 3
+    value_high_share: Fraction = Fraction(1, 5)
+    value_low_share: Fraction = Fraction(7, 10)
+    frequency_window_days: float = 365
+    frequency_high_orders: int = 5
+    frequency_medium_orders: int = 2
+
+
+def lifecycle(order_count: int, days_since_last_order: float | None, t: Thresholds) -> str:
+    """Exactly one stage per customer; `d` is fractional days since the last order."""
+    if order_count == 0 or days_since_last_order is None:
+        return "potential"
+    if days_since_last_order > t.churned_days:
+        return "churned"
+    if days_since_last_order > t.at_risk_days:
+        return "at_risk"
+    if order_count >= t.loyal_orders:
+        return "loyal"
+    if order_count == 1:
+        return "new"
+    return "active"
+
+
+def frequency_tier(orders_in_window: int, t: Thresholds) -> str | None:
+    if orders_in_window >= t.frequency_high_orders:
+        return "high"
+    if orders_in_window >= t.frequency_medium_orders:
+        return "medium"
+    if orders_in_window >= 1:
+        return "low"
+    return None
+
+
+def value_tiers(revenue: dict[str, float], t: Thresholds) -> dict[str, str]:
+    """Among buyers: rank 1 is the highest revenue, ties share the best rank."""
+    n = len(revenue)
+    ordered = sorted(revenue.values())
+    tiers = {}
+    for customer, amount in revenue.items():
+        rank = 1 + n - bisect_right(ordered, amount)  # 1 + buyers with strictly more revenue
+        if rank <= t.value_high_share * n:
+            tiers[customer] = "high"
+        elif rank > t.value_low_share * n:
+            tiers[customer] = "low"
+        else:
+            tiers[customer] = "medium"
+    return tiers
+
+
+@dataclass(frozen=True)
+class Rfm:
+    recency_days: float
+    r: int
+    f: int
+    m: int
+    label: str
+
+
+def rfm(buyers: dict[str, tuple[float, int, float]]) -> dict[str, Rfm]:
+    """buyers: customer -> (recency days, order count, revenue). score = ceil(5 p), p = the share
+    of buyers whose value is no better than this customer's (so the best get 5)."""
+    n = len(buyers)
+    days = sorted(v[0] for v in buyers.values())
+    orders = sorted(v[1] for v in buyers.values())
+    money = sorted(v[2] for v in buyers.values())
+    out = {}
+    for customer, (recency, count, revenue) in buyers.items():
+        r = _score(n - bisect_left(days, recency), n)  # no better = as many days or more
+        f = _score(bisect_right(orders, count), n)
+        m = _score(bisect_right(money, revenue), n)
+        out[customer] = Rfm(recency, r, f, m, rfm_label(r, (f + m + 1) // 2))  # fm rounds half up
+    return out
+
+
+def _score(no_better: int, n: int) -> int:
+    return -(-5 * no_better // n)  # ceil(5 * no_better / n) in integers
+
+
+def rfm_label(r: int, fm: int) -> str:
+    """First match wins, in the contract's order."""
+    rules = [
+        ("champions", r >= 4 and fm >= 4),
+        ("cannot_lose_them", r <= 2 and fm == 5),
+        ("at_risk", r <= 2 and fm >= 3),
+        ("loyal_customers", r >= 3 and fm >= 3),
+        ("new_customers", r == 5 and fm == 1),
+        ("promising", r == 4 and fm == 1),
+        ("potential_loyalists", r >= 4 and fm == 2),
+        ("need_attention", r == 3 and fm == 2),
+        ("about_to_sleep", r == 3 and fm == 1),
+        ("hibernating", r == 2),
+        ("lost", r == 1),
+    ]
+    return next(label for label, matches in rules if matches)
+
+
+LIFECYCLE_STAGES = ("potential", "new", "active", "loyal", "at_risk", "churned")
+RFM_LABELS = ("champions", "cannot_lose_them", "at_risk", "loyal_customers", "new_customers", "promising",
+              "potential_loyalists", "need_attention", "about_to_sleep", "hibernating", "lost")
+
+
+def builtin_segments() -> dict[str, str]:
+    """Every built-in segment key with a one-line description."""
+    segments = {f"lifecycle:{s}": f"Lifecycle stage {s.replace('_', ' ')}" for s in LIFECYCLE_STAGES}
+    segments |= {f"value:{t}": f"Buyers in the {t} revenue tier" for t in ("high", "medium", "low")}
+    segments |= {f"frequency:{t}": f"Buyers with {t} purchase frequency (orders in the window)" for t in ("high", "medium", "low")}
+    segments |= {f"rfm:{label}": f"RFM label {label.replace('_', ' ')}" for label in RFM_LABELS}
+    return segments
