@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from bench import ingest
+from bench import ingest, segmentation
 
-BENCHMARKS = [("ingest", ingest.main)]
+BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main)]
 
 
 def main() -> None:

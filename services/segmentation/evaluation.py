@@ -38,14 +38,32 @@ class Wanted:
 
 
 async def evaluate_customer(session: AsyncSession, customer_id: str, now: datetime, t: Thresholds, outbox: Outbox) -> None:
-    profile = (await session.execute(select(profiles).where(profiles.c.customer_id == customer_id))).first()
-    if profile is None:
-        return
+    await evaluate_customers(session, [customer_id], now, t, outbox)
+
+
+async def evaluate_customers(
+    session: AsyncSession, customer_ids: list[str], now: datetime, t: Thresholds, outbox: Outbox
+) -> int:
+    """Lifecycle and frequency tier of these customers, a chunk at a time (a few queries per
+    chunk, whatever its size). Returns how many memberships changed."""
+    changed = 0
     since = now - timedelta(days=t.frequency_window_days)
-    recent = await session.scalar(
-        select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id, orders.c.at > since))
-    wanted = _customer_segments(profile.order_count, profile.last_order_at, recent or 0, now, t)
-    await apply(session, [Wanted(customer_id, wanted)], CUSTOMER_FAMILIES, now, outbox)
+    for chunk in chunks(customer_ids):
+        rows = (await session.execute(
+            select(profiles.c.customer_id, profiles.c.order_count, profiles.c.last_order_at)
+            .where(profiles.c.customer_id.in_(chunk)))).all()
+        recent = dict((await session.execute(
+            select(orders.c.customer_id, func.count()).where(orders.c.customer_id.in_(chunk), orders.c.at > since)
+            .group_by(orders.c.customer_id))).all())
+        wanted = [Wanted(r.customer_id, _customer_segments(r.order_count, r.last_order_at, recent.get(r.customer_id, 0), now, t))
+                  for r in rows]
+        changed += await apply(session, wanted, CUSTOMER_FAMILIES, now, outbox)
+    return changed
+
+
+def chunks(items: list[str], size: int = 5000) -> list[list[str]]:
+    """Bounded IN lists (SQLite caps bound parameters per statement)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _customer_segments(
@@ -76,7 +94,12 @@ async def apply(
 ) -> int:
     """Make memberships within `families` match `wanted`; with `everyone`, customers missing from
     `wanted` leave those families. Returns how many memberships changed."""
-    current = await _current(session, families, None if everyone else [w.customer_id for w in wanted])
+    current: dict[tuple[str, str], str] = {}
+    if everyone:
+        current = await _current(session, families, None)
+    else:
+        for chunk in chunks([w.customer_id for w in wanted]):
+            current |= await _current(session, families, chunk)
     target = {(w.customer_id, s): reason for w in wanted for s, reason in w.segments.items()}
     exits = [key for key in current if key not in target]
     entries = [key for key in target if key not in current]
@@ -151,9 +174,8 @@ async def reevaluate(session: AsyncSession, now: datetime, t: Thresholds, outbox
     """The scheduled pass: time-based segments of the customers that may have moved, then the
     population tiers. Remembers when it ran, so a restart misses nothing."""
     last_run = await session.scalar(select(job_runs.c.last_run_at).where(job_runs.c.name == REEVALUATE_JOB))
-    for customer_id in await customers_to_reevaluate(session, last_run, now, t):
-        await evaluate_customer(session, customer_id, now, t, outbox)
-    changed = await recompute_population(session, now, t, outbox)
+    changed = await evaluate_customers(session, await customers_to_reevaluate(session, last_run, now, t), now, t, outbox)
+    changed += await recompute_population(session, now, t, outbox)
     if last_run is None:
         await session.execute(insert(job_runs).values(name=REEVALUATE_JOB, last_run_at=now))
     else:

@@ -5,9 +5,13 @@ moves by a float rounding error (0.7 * 10 is 7.000000000000001 in floats).
 """
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,7 @@ def value_tiers(revenue: dict[str, float], t: Thresholds) -> dict[str, str]:
     return tiers
 
 
-@dataclass(frozen=True)
-class Rfm:
+class Rfm(NamedTuple):
     recency_days: float
     r: int
     f: int
@@ -74,21 +77,24 @@ class Rfm:
 
 def rfm(buyers: dict[str, tuple[float, int, float]]) -> dict[str, Rfm]:
     """buyers: customer -> (recency days, order count, revenue). score = ceil(5 p), p = the share
-    of buyers whose value is no better than this customer's (so the best get 5)."""
-    n = len(buyers)
-    days = sorted(v[0] for v in buyers.values())
-    orders = sorted(v[1] for v in buyers.values())
-    money = sorted(v[2] for v in buyers.values())
-    out = {}
-    for customer, (recency, count, revenue) in buyers.items():
-        r = _score(n - bisect_left(days, recency), n)  # no better = as many days or more
-        f = _score(bisect_right(orders, count), n)
-        m = _score(bisect_right(money, revenue), n)
-        out[customer] = Rfm(recency, r, f, m, rfm_label(r, (f + m + 1) // 2))  # fm rounds half up
-    return out
+    of buyers whose value is no better than this customer's (so the best get 5). Vectorised:
+    the same integer arithmetic on arrays (100k buyers in tens of milliseconds)."""
+    if not buyers:
+        return {}
+    days, orders, money = (np.array(column) for column in zip(*buyers.values(), strict=True))
+    n = len(days)
+    r = _scores(n - np.searchsorted(np.sort(days), days, side="left"), n)  # no better = as many days or more
+    f = _scores(np.searchsorted(np.sort(orders), orders, side="right"), n)
+    m = _scores(np.searchsorted(np.sort(money), money, side="right"), n)
+    labels = LABEL_TABLE[r, (f + m + 1) // 2].tolist()  # fm rounds half up
+    return {
+        customer: Rfm(recency, ri, fi, mi, label)
+        for customer, recency, ri, fi, mi, label in zip(
+            buyers, days.tolist(), r.tolist(), f.tolist(), m.tolist(), labels, strict=True)
+    }
 
 
-def _score(no_better: int, n: int) -> int:
+def _scores(no_better: NDArray[np.int64], n: int) -> NDArray[np.int64]:
     return -(-5 * no_better // n)  # ceil(5 * no_better / n) in integers
 
 
@@ -122,3 +128,7 @@ def builtin_segments() -> dict[str, str]:
     segments |= {f"frequency:{t}": f"Buyers with {t} purchase frequency (orders in the window)" for t in ("high", "medium", "low")}
     segments |= {f"rfm:{label}": f"RFM label {label.replace('_', ' ')}" for label in RFM_LABELS}
     return segments
+
+
+# Every (r, fm) pair's label, worked out once from the rules above: LABEL_TABLE[r, fm].
+LABEL_TABLE = np.array([[""] * 6] + [[""] + [rfm_label(r, fm) for fm in range(1, 6)] for r in range(1, 6)], dtype=object)
