@@ -28,6 +28,8 @@ from typing import IO, Any, NoReturn
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tests.helpers import free_port
+
 STARTUP_TIMEOUT_SECONDS = 20.0
 LOOPBACK = "127.0.0.1"
 
@@ -81,7 +83,7 @@ def tansu_binary() -> Path:
 
 @contextmanager
 def _tansu(timeout: float) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     url = f"tcp://{LOOPBACK}:{port}"
     command = [
         str(tansu_binary()), "broker",
@@ -144,12 +146,6 @@ def _fail(message: str, output: IO[bytes]) -> NoReturn:
     output.seek(0)
     tail = output.read().decode(errors="replace")[-4000:]
     raise RuntimeError(f"{message}\n--- Tansu output (tail) ---\n{tail}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def _env_flag(name: str, default: bool) -> bool:

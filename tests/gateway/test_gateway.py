@@ -13,16 +13,7 @@ from services.gateway.routes import service_for
 from services.gateway.settings import GatewaySettings
 from shared.auth import InsecureConfig, resolve_credentials
 from shared.settings import CommonSettings
-from tests.helpers import ADMIN, READER, ROOT, free_port, running, start_process, stop_process, wait_until_healthy
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    assert isinstance(body["error"]["details"], list)
+from tests.helpers import ADMIN, READER, ROOT, assert_error, free_port, running, start_process, stop_process, wait_until_healthy
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import orjson
 
 from shared.bus.base import Consumer, Record
 from shared.bus.embedded import EmbeddedBus
-from tests.helpers import READER, eventually
+from tests.helpers import READER, assert_error, eventually  # noqa: F401  (re-exported for the ingest tests)
 
 WRITE_KEY = "dev-write-key"
 
@@ -37,14 +37,6 @@ async def send_batch(client: httpx.AsyncClient, messages: list[dict[str, Any]], 
 
 def track(message_id: str, event: str = "Product Viewed", **fields: Any) -> dict[str, Any]:
     return {"type": "track", "messageId": message_id, "event": event, **fields}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
 
 
 async def timeline_page(client: httpx.AsyncClient, customer_id: str, **params: Any) -> httpx.Response:
