@@ -110,6 +110,13 @@ async def apply(
     if entries:
         await session.execute(insert(memberships), [
             {"customer_id": c, "segment": s, "since": at, "reason": target[(c, s)]} for c, s in entries])
+    # Still a member for new reasons (scores moved, days passed): `why` follows, no history entry.
+    reworded = [{"c": c, "s": s, "r": target[(c, s)]} for (c, s), reason in current.items()
+                if (c, s) in target and target[(c, s)] != reason]
+    if reworded:
+        await session.execute(
+            update(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s"))
+            .values(reason=bindparam("r")), reworded)
     changes = [(c, s, "exited", current[(c, s)]) for c, s in exits] + [(c, s, "entered", target[(c, s)]) for c, s in entries]
     if changes:
         await session.execute(insert(history), [
@@ -159,8 +166,10 @@ async def customers_to_reevaluate(session: AsyncSession, last_run: datetime | No
     crossed the at-risk or churned age, or an order left the frequency window."""
     if last_run is None:
         return list((await session.execute(select(profiles.c.customer_id).where(profiles.c.order_count > 0))).scalars())
+    # More than X days since the last order (strict, as the contract says) is last < now - X; it
+    # was not so at the previous run when last >= last_run - X.
     crossed = [
-        and_(profiles.c.last_order_at > last_run - timedelta(days=days), profiles.c.last_order_at <= now - timedelta(days=days))
+        and_(profiles.c.last_order_at >= last_run - timedelta(days=days), profiles.c.last_order_at < now - timedelta(days=days))
         for days in (t.at_risk_days, t.churned_days)
     ]
     window = timedelta(days=t.frequency_window_days)

@@ -6,6 +6,7 @@ the orders table, so late and repeated events give the same profile as events in
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import CUSTOMER_FAMILIES, POPULATION_FAMILIES, Wanted, apply, evaluate_customer
 from services.segmentation.logic import Thresholds
-from services.segmentation.store import history, links, memberships, orders, profiles
+from services.segmentation.store import erasures, history, links, memberships, orders, profiles
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, Interaction
 from shared.store import insert_ignoring_conflicts
@@ -24,15 +25,18 @@ ORDER_EVENT = "Order Completed"
 
 
 def order_amount(properties: dict[str, Any]) -> float:
-    """`revenue`, else `total`, else `value` (Segment e-commerce spec); numbers or numeric text."""
+    """`revenue`, else `total`, else `value` (Segment e-commerce spec); numbers or numeric text.
+    NaN and infinities are not amounts (they would poison revenue and every tier)."""
     for key in ("revenue", "total", "value"):
         value = properties.get(key)
         if isinstance(value, bool) or value is None:
             continue
         try:
-            return float(value)
+            amount = float(value)
         except (TypeError, ValueError):
             continue
+        if math.isfinite(amount):
+            return amount
     return 0.0
 
 
@@ -44,6 +48,8 @@ async def canonical(session: AsyncSession, customer_id: str) -> str:
 def make_handlers(thresholds: Thresholds) -> Handlers:
     async def on_interaction(event: Event, tx: Transaction) -> None:
         assert isinstance(event, Interaction)
+        if await _erased_before(tx.session, event):
+            return  # about a customer erased after it happened (a late or replayed event)
         customer = await canonical(tx.session, event.customer_id)
         await _record_event(tx.session, customer, event)
         if event.type == "track" and event.name == ORDER_EVENT:
@@ -68,8 +74,17 @@ def make_handlers(thresholds: Thresholds) -> Handlers:
                               (links, links.c.customer_id)):
             await tx.session.execute(delete(table).where(column.in_(everyone)))
         await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
+        # Remember the erasure, so events from before it that arrive later do not bring them back.
+        await tx.session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))
+        await tx.session.execute(insert(erasures), [{"customer_id": c, "at": event.at} for c in set(everyone)])
 
     return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased]}
+
+
+async def _erased_before(session: AsyncSession, event: Interaction) -> bool:
+    ids = {i for i in (event.customer_id, event.user_id, event.anonymous_id) if i}
+    erased_at = await session.scalar(select(func.max(erasures.c.at)).where(erasures.c.customer_id.in_(ids)))
+    return erased_at is not None and event.occurred_at <= erased_at
 
 
 async def _record_event(session: AsyncSession, customer: str, event: Interaction) -> None:

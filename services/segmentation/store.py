@@ -79,3 +79,12 @@ job_runs = Table(
     Column("name", String(100), primary_key=True),
     Column("last_run_at", UTCDateTime, nullable=False),
 )
+
+# Erased customers and when: events about them from before that time (late, or replayed) are
+# dropped; later ones start a new customer. Holds ids only, nothing else about the person.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+)
