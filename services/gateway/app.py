@@ -91,6 +91,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 if upstream.app is not None:
                     await stack.enter_async_context(upstream.app.router.lifespan_context(upstream.app))
             yield
+            # Stop the in-process services' loops side by side, as separate processes would,
+            # rather than one after another as the stack unwinds.
+            await asyncio.gather(*(u.app.state.runtime.stop_tasks() for u in upstreams.values() if u.app))
 
     app = FastAPI(
         title="Funnelstream",

@@ -1,0 +1,55 @@
+"""Segmentation as its users meet it: the whole gateway in-process, a fresh DATA_DIR per test,
+the service clock fixed and moved by the test.
+
+Modules that depend on SQL override `segmentation_db_url` with `store_url`, so they run on
+SQLite and on PostgreSQL.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.clock import FixedClock
+from tests.helpers import running
+from tests.segmentation.support import T0, Segmentation
+
+
+@pytest.fixture
+def segmentation_db_url() -> str | None:
+    """The segmentation store: None is the default, SQLite in DATA_DIR."""
+    return None
+
+
+@pytest.fixture
+def gateway_app(data_dir: Path, segmentation_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    if segmentation_db_url:
+        monkeypatch.setenv("SEGMENTATION_DATABASE_URL", segmentation_db_url)
+    # The scheduled pass runs only when a test calls it (time is the test's to move).
+    monkeypatch.setenv("SEGMENTATION_REEVALUATE_SECONDS", "86400")
+    return create_app(GatewaySettings())
+
+
+@pytest.fixture
+def clock(gateway_app: FastAPI) -> FixedClock:
+    """One clock for ingest (receivedAt) and segmentation (days since the last order)."""
+    fixed = FixedClock(T0)
+    for name in ("ingest", "segmentation"):
+        gateway_app.state.upstreams[name].app.state.runtime.clock = fixed
+    return fixed
+
+
+@pytest.fixture
+async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(gateway_app) as client:
+        yield client
+
+
+@pytest.fixture
+def seg(gateway_app: FastAPI, client: httpx.AsyncClient, clock: FixedClock) -> Segmentation:
+    return Segmentation(gateway_app, client, clock)
