@@ -80,6 +80,9 @@ class ConsumerLoop:
         """Finish the batch in hand (processed, committed), then return from `run`."""
         self._stopping.set()
 
+    def restart(self) -> None:
+        self._stopping = asyncio.Event()
+
     async def run(self) -> None:
         self.consumer = self.bus.consumer(self.group, self.topics)
         await self.consumer.start()

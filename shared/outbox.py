@@ -59,6 +59,9 @@ class OutboxRelay:
         self._stopping = True
         self._wake.set()
 
+    def restart(self) -> None:
+        self._stopping = False
+
     async def flush(self) -> int:
         """Publish everything in the outbox now; returns how many records went out."""
         sent = 0

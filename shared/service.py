@@ -63,6 +63,20 @@ class Runtime:
     # Set at shutdown: workers and periodic jobs finish what they hold and return.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def start_tasks(self, parts: ServiceParts) -> None:
+        """Start the relay, consumer, workers and periodic jobs (again, after a restart)."""
+        self.stopping = asyncio.Event()
+        self.relay.restart()
+        self.tasks = [asyncio.create_task(self.relay.run(), name=f"{parts.name}-outbox")]
+        if self.consumer is not None:
+            self.consumer.restart()
+            self.tasks.append(
+                asyncio.create_task(_supervise(self.consumer, self.stopping), name=f"{parts.name}-consumer"))
+        for name, worker in parts.workers:
+            self.tasks.append(asyncio.create_task(worker(self), name=name))
+        for name, seconds, job in parts.periodic:
+            self.tasks.append(asyncio.create_task(_every(seconds, job, self, name), name=name))
+
     async def stop_tasks(self, grace: float = 10.0) -> None:
         """Let every task finish its transaction in hand; cancel only what is still busy after
         `grace` seconds (cancelling mid-transaction can leave a database connection unusable)."""
@@ -98,14 +112,7 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
         await store.migrate(parts.migrations)
         if owns_bus:
             await the_bus.start()
-        runtime.tasks = [asyncio.create_task(relay.run(), name=f"{parts.name}-outbox")]
-        if consumer is not None:
-            runtime.tasks.append(
-                asyncio.create_task(_supervise(consumer, runtime.stopping), name=f"{parts.name}-consumer"))
-        for name, worker in parts.workers:
-            runtime.tasks.append(asyncio.create_task(worker(runtime), name=name))
-        for name, seconds, job in parts.periodic:
-            runtime.tasks.append(asyncio.create_task(_every(seconds, job, runtime, name), name=name))
+        runtime.start_tasks(parts)
         log.info("%s started (store %s, bus %s)", parts.name, _redact(store.url), settings.bus_backend)
         try:
             yield

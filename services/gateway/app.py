@@ -62,16 +62,18 @@ def _service_factory(name: str) -> Callable[..., FastAPI]:
 def _upstreams(settings: GatewaySettings, bus: Bus | None) -> dict[str, Upstream]:
     # In-process services inherit the gateway's common settings (data dir, bus, keys, logging).
     common = settings.model_dump(include=set(CommonSettings.model_fields))
-    timeout = httpx.Timeout(settings.upstream_timeout_seconds)
     upstreams = {}
     for name in SERVICES:
-        if url := settings.url_of(name):
-            upstreams[name] = Upstream(name, httpx.AsyncClient(base_url=url, timeout=timeout), None)
-            continue
-        app = _service_factory(name)(common, bus)
-        transport = httpx.ASGITransport(app=app)
-        upstreams[name] = Upstream(name, httpx.AsyncClient(transport=transport, base_url=f"http://{name}", timeout=timeout), app)
+        app = None if settings.url_of(name) else _service_factory(name)(common, bus)
+        upstreams[name] = Upstream(name, _client(settings, name, app), app)
     return upstreams
+
+
+def _client(settings: GatewaySettings, name: str, app: FastAPI | None) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(settings.upstream_timeout_seconds)
+    if app is None:
+        return httpx.AsyncClient(base_url=settings.url_of(name), timeout=timeout)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{name}", timeout=timeout)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -87,6 +89,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 await bus.start()
                 stack.push_async_callback(bus.stop)
             for upstream in upstreams.values():
+                if upstream.client.is_closed:  # started again after a stop
+                    upstream.client = _client(settings, upstream.name, upstream.app)
                 stack.push_async_callback(upstream.client.aclose)
                 if upstream.app is not None:
                     await stack.enter_async_context(upstream.app.router.lifespan_context(upstream.app))

@@ -13,7 +13,18 @@ from services.gateway.routes import service_for
 from services.gateway.settings import GatewaySettings
 from shared.auth import InsecureConfig, resolve_credentials
 from shared.settings import CommonSettings
-from tests.helpers import ADMIN, READER, ROOT, assert_error, free_port, running, start_process, stop_process, wait_until_healthy
+from tests.helpers import (
+    ADMIN,
+    READER,
+    ROOT,
+    assert_error,
+    eventually,
+    free_port,
+    running,
+    start_process,
+    stop_process,
+    wait_until_healthy,
+)
 
 
 @pytest.fixture
@@ -220,3 +231,18 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k not in {"API_KEYS", "WRITE_KEYS"}}
+
+
+class TestRestart:
+    async def test_services_consume_again_after_a_stop_and_start_in_one_process(self, data_dir):
+        app = create_app(GatewaySettings())
+        for run in ("before", "after"):
+            async with running(app) as client:
+                sent = await client.post("/v1/track", json={"userId": f"u-{run}", "event": "Order Completed"},
+                                         auth=("dev-write-key", ""))
+                assert sent.status_code == 200
+
+                async def profile_exists(customer: str = f"u-{run}") -> bool:
+                    return (await client.get(f"/api/customers/{customer}", headers=READER)).status_code == 200
+
+                await eventually(profile_exists)
