@@ -71,11 +71,14 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else STATUS_CODES.get(exc.status_code, "error")
     if exc.status_code == 404 and message == "Not Found":
         message = "No such route. See /docs for the API."
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}." if allowed else ".")
     return error_response(ApiError(exc.status_code, message, headers=exc.headers))
 
 

@@ -71,7 +71,7 @@ def normalize(
     message_id = _message_id_of(raw)
     try:
         if not isinstance(raw, dict):
-            raise Invalid(f"a message must be a JSON object, not {type(raw).__name__}")
+            raise Invalid(f"a message must be a JSON object, not {json_type(raw)}")
         size = len(orjson.dumps(raw))
         if size > max_bytes:
             raise Invalid(f"message is {size} bytes; the limit is {max_bytes} bytes")
@@ -168,6 +168,12 @@ def parse_time(value: Any, name: str) -> datetime | None:
     except ValueError:
         raise Invalid(f"'{name}' {value[:40]!r} is not an ISO-8601 time") from None
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+def json_type(value: Any) -> str:
+    """What a client calls the value it sent."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return names.get(type(value), "an object")
 
 
 def _message_id_of(raw: Any) -> str | None:

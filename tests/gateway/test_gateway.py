@@ -96,6 +96,13 @@ class TestCredentials:
             resolve_credentials(CommonSettings(host="0.0.0.0", api_keys="justakey", write_keys="w"))
 
 
+class TestMethods:
+    async def test_a_wrong_method_is_405_and_says_which_one_to_use(self, gateway):
+        response = await gateway.get("/v1/track", auth=("dev-write-key", ""))
+        assert_error(response, 405, "method_not_allowed")
+        assert "use POST" in response.json()["error"]["message"]
+
+
 class TestBodies:
     async def test_a_body_over_the_gateway_limit_is_413_before_any_service(self, gateway):
         response = await gateway.post("/api/funnels", content=b"x" * (1024 * 1024 + 1), headers=ADMIN)
