@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic
 from shared.events import Event, UndecodableRecord, decode, message_id
 from shared.metrics import BUS_DLQ, BUS_LAG, BUS_PROCESSED
+from shared.outage import raise_if_outage
 from shared.outbox import Outbox, OutboxRelay, write_outbox
 from shared.store import BusTables, Store
 
@@ -118,6 +119,7 @@ class ConsumerLoop:
                 return
             except Exception as exc:
                 if attempt == self.max_attempts:
+                    await raise_if_outage(self.store, self.bus, exc)  # not poison: nothing committed
                     await self._dead_letter(record, exc, attempt)
                     return
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))

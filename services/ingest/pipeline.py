@@ -4,8 +4,9 @@ A tracking request validates its messages, commits them as one inbox row and ans
 takes inbox rows in order, a few requests per transaction, and applies them (`ingestion.accept`:
 dedupe, stitching, timeline, outbox). So a request costs one small write whatever happens
 downstream, as with Segment's and PostHog's capture APIs, and events reach the timeline and the
-bus within milliseconds. A row that keeps failing is moved to the quarantine with the error
-instead of stalling the rows behind it.
+bus within milliseconds. A row that keeps failing while the store and the bus answer (so the row
+itself is at fault) is moved to the quarantine with the error instead of stalling the rows behind
+it; during an outage the row waits.
 
 The events are published before the transaction commits, not through the outbox: if the commit
 fails or the process dies in between, the inbox rows are applied again and the same events are
@@ -23,6 +24,7 @@ from sqlalchemy import delete, insert, select
 from services.ingest import ingestion
 from services.ingest.messages import Rejection, unpack
 from services.ingest.store import inbox, quarantine
+from shared.outage import raise_if_outage
 from shared.service import Runtime
 
 log = logging.getLogger("funnelstream.ingest.pipeline")
@@ -66,6 +68,7 @@ class Pipeline:
                 return await self._apply(runtime, ROWS_PER_TRANSACTION if attempt == 1 else 1)
             except Exception as exc:
                 if attempt == MAX_ATTEMPTS:
+                    await raise_if_outage(runtime.store, runtime.bus, exc)  # keep the row for later
                     await self._quarantine_first(runtime, exc)
                     return True
                 log.warning("inbox batch failed (attempt %d); retrying row by row", attempt, exc_info=True)

@@ -9,14 +9,19 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest
+
 from shared.bus.base import OutgoingRecord, Record, dlq_topic
 from shared.bus.embedded import EmbeddedBus
 from shared.consumer import ConsumerLoop
 from shared.events import ID_HEADER, INTERACTIONS, SEGMENTS, TYPE_HEADER, decode, encode
+from shared.outage import Outage
+from shared.outbox import OutboxRelay
 from shared.store import Store
 from tests.store.counting import (
     InteractionCounter,
     LoopFactory,
+    bus_tables,
     counts,
     entered_active,
     interaction,
@@ -312,3 +317,17 @@ class TestPoisonMessages:
             await caught_up(bus, loop)
         assert await counts(store) == {"ann": 2, "cid": 2}
         assert len(await topic_contents(bus, DLQ)) == 2
+
+
+class TestOutages:
+    async def test_while_the_store_is_down_no_message_goes_to_the_dead_letter_topic(self, bus: EmbeddedBus) -> None:
+        down = Store("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere")  # nothing listens on port 1
+        loop = ConsumerLoop("counting", bus, down, bus_tables, InteractionCounter().handlers(),
+                            OutboxRelay(down, bus_tables, bus), max_attempts=2)
+        records = await delivered(bus, interactions("ann", "bob", each=1))
+        try:
+            with pytest.raises(Outage, match="store is unreachable"):
+                await loop.process(records)  # raises: the loop does not commit, and retries later
+        finally:
+            await down.dispose()
+        assert await topic_contents(bus, DLQ) == []
