@@ -1,21 +1,29 @@
 """The segmentation HTTP API: customer profiles and segments (API.md section 3)."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
-from sqlalchemy import func, select
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.evaluation import days_between
+from services.segmentation.custom import KEY_PATTERN, Definition, definitions, evaluate_custom
+from services.segmentation.evaluation import apply, days_between
+from services.segmentation.facts import load_facts
 from services.segmentation.handlers import canonical
 from services.segmentation.logic import builtin_segments
-from services.segmentation.store import history, memberships, profiles
-from shared.auth import ReaderDep
+from services.segmentation.rules import Rule, RuleError, evaluate, explain, parse, to_json
+from services.segmentation.settings import SegmentationSettings
+from services.segmentation.store import history, memberships, profiles, segment_definitions
+from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import to_iso
+from shared.outbox import Outbox, write_outbox
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.service import Runtime
 
@@ -41,7 +49,12 @@ async def customer_profile(request: Request, customer_id: str, _: ReaderDep) -> 
             raise ApiError(404, f"No customer {customer_id!r}.")
         held = (await session.execute(select(memberships).where(memberships.c.customer_id == customer)
                                       .order_by(memberships.c.segment))).all()
-    bare = {m.segment.split(":", 1)[0]: m.segment.split(":", 1)[1] for m in held}
+        custom = await definitions(session, [m.segment for m in held if ":" not in m.segment])
+        facts = await load_facts(session, [d.rule for d in custom], now, [customer])
+    bare = dict(m.segment.split(":", 1) for m in held if ":" in m.segment)
+    why: dict[str, Any] = {m.segment: {"reason": m.reason, "since": to_iso(m.since)} for m in held}
+    for d in custom:  # the rule, with the customer's values now
+        why[d.key]["rule"] = explain(d.rule, facts)
     return {
         "customer_id": customer,
         "traits": orjson.loads(row.traits),
@@ -59,7 +72,7 @@ async def customer_profile(request: Request, customer_id: str, _: ReaderDep) -> 
         "value_tier": bare.get("value"),
         "frequency_tier": bare.get("frequency"),
         "segments": [m.segment for m in held],
-        "why": {m.segment: {"reason": m.reason, "since": to_iso(m.since)} for m in held},
+        "why": why,
     }
 
 
@@ -69,20 +82,167 @@ class SegmentSummary(BaseModel):
     description: str
     built_in: bool
     member_count: int
+    rule: dict[str, Any] | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class SegmentIn(BaseModel):
+    key: str = Field(description="Letters, digits, '_', '-', '.'; no ':' (built-in keys have one).")
+    name: str | None = Field(None, max_length=200)
+    description: str = Field("", max_length=2000)
+    rule: Any = Field(description="The rule (API.md section 3).")
+
+
+class SegmentUpdate(BaseModel):
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    rule: Any = Field(description="The rule (API.md section 3).")
+
+
+class PreviewIn(BaseModel):
+    rule: Any = Field(description="The rule to count, not saved.")
+
+
+class Preview(BaseModel):
+    count: int
+    sample: list[str]
+
+
+def _summary(d: Definition, member_count: int) -> SegmentSummary:
+    return SegmentSummary(key=d.key, name=d.name, description=d.description, built_in=False,
+                          member_count=member_count, rule=to_json(d.rule), created_at=to_iso(d.created_at),
+                          updated_at=to_iso(d.updated_at))
+
+
+async def _member_counts(session: AsyncSession, keys: list[str] | None = None) -> dict[str, int]:
+    query = select(memberships.c.segment, func.count()).group_by(memberships.c.segment)
+    if keys is not None:
+        query = query.where(memberships.c.segment.in_(keys))
+    return {segment: int(n) for segment, n in (await session.execute(query)).all()}
 
 
 @router.get("/api/segments", response_model=list[SegmentSummary])
 async def list_segments(request: Request, _: ReaderDep) -> list[SegmentSummary]:
-    """Every segment with its member count."""
+    """Every segment, built-in then custom, with its member count."""
     async with _runtime(request).store.read() as session:
-        counts = dict((await session.execute(
-            select(memberships.c.segment, func.count()).group_by(memberships.c.segment))).all())
+        counts = await _member_counts(session)
+        custom = await definitions(session)
     return [SegmentSummary(key=k, name=k, description=d, built_in=True, member_count=counts.get(k, 0))
-            for k, d in builtin_segments().items()]
+            for k, d in builtin_segments().items()] + [_summary(d, counts.get(d.key, 0)) for d in custom]
 
 
-def _known(key: str) -> str:
-    if key not in builtin_segments():
+def _settings(request: Request) -> SegmentationSettings:
+    settings: SegmentationSettings = request.app.state.settings
+    return settings
+
+
+def _rule(request: Request, raw: Any) -> Rule:
+    try:
+        return parse(raw, _settings(request).events_retention_days)
+    except RuleError as err:
+        raise ApiError(422, f"Bad rule at {err.where}: {err.message}.", "invalid_rule",
+                       [{"loc": err.where, "msg": err.message}]) from None
+
+
+@asynccontextmanager
+async def _changing(request: Request) -> AsyncIterator[tuple[AsyncSession, Outbox]]:
+    """A write transaction whose segment changes are published once it commits."""
+    runtime = _runtime(request)
+    outbox = Outbox()
+    async with runtime.store.transaction() as session:
+        yield session, outbox
+        await write_outbox(session, runtime.tables, outbox)
+    runtime.relay.wake()
+
+
+@router.post("/api/segments", status_code=201, response_model=SegmentSummary)
+async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> SegmentSummary:
+    """A custom segment; every customer is evaluated before the answer, so `member_count` is
+    already right."""
+    if not KEY_PATTERN.match(body.key):
+        raise ApiError(422, f"Bad key {body.key!r}: 1-100 letters, digits, '_', '-' or '.', starting with a letter "
+                            "or digit (no ':', which built-in keys use).", details=[{"loc": "key"}])
+    rule = _rule(request, body.rule)
+    now = _runtime(request).clock.now()
+    async with _changing(request) as (session, outbox):
+        if body.key in builtin_segments() or await _definition(session, body.key):
+            raise ApiError(409, f"A segment {body.key!r} already exists; PUT /api/segments/{body.key} changes it.")
+        definition = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
+        await session.execute(insert(segment_definitions).values(
+            key=definition.key, name=definition.name, description=definition.description,
+            rule=orjson.dumps(definition.raw_rule).decode(), created_at=now, updated_at=now))
+        await evaluate_custom(session, None, now, outbox, [definition])
+        count = (await _member_counts(session, [definition.key])).get(definition.key, 0)
+    return _summary(definition, count)
+
+
+@router.get("/api/segments/{key}", response_model=SegmentSummary)
+async def get_segment(request: Request, key: str, _: ReaderDep) -> SegmentSummary:
+    async with _runtime(request).store.read() as session:
+        await _known(session, key)
+        count = (await _member_counts(session, [key])).get(key, 0)
+        definition = await _definition(session, key)
+    if definition is None:
+        return SegmentSummary(key=key, name=key, description=builtin_segments()[key], built_in=True, member_count=count)
+    return _summary(definition, count)
+
+
+@router.put("/api/segments/{key}", response_model=SegmentSummary)
+async def update_segment(request: Request, key: str, body: SegmentUpdate, _: AdminDep) -> SegmentSummary:
+    """A new rule (and name, description): every customer is evaluated again; those who no longer
+    match exit, with the conditions that failed as the reason."""
+    rule = _rule(request, body.rule)
+    now = _runtime(request).clock.now()
+    async with _changing(request) as (session, outbox):
+        old = await _custom(session, key)
+        definition = Definition(key, body.name or old.name, old.description if body.description is None else body.description,
+                                rule, to_json(rule), old.created_at, now)
+        await session.execute(update(segment_definitions).where(segment_definitions.c.key == key).values(
+            name=definition.name, description=definition.description, rule=orjson.dumps(definition.raw_rule).decode(),
+            updated_at=now))
+        await evaluate_custom(session, None, now, outbox, [definition])
+        count = (await _member_counts(session, [key])).get(key, 0)
+    return _summary(definition, count)
+
+
+@router.delete("/api/segments/{key}", status_code=204)
+async def delete_segment(request: Request, key: str, _: AdminDep) -> Response:
+    """Members exit (recorded and published, reason "segment deleted"); the definition goes."""
+    now = _runtime(request).clock.now()
+    async with _changing(request) as (session, outbox):
+        await _custom(session, key)
+        await apply(session, [], (key,), now, outbox, everyone=True, exit_reason=lambda *_: "segment deleted")
+        await session.execute(delete(segment_definitions).where(segment_definitions.c.key == key))
+    return Response(status_code=204)
+
+
+@router.post("/api/segments:preview", response_model=Preview)
+async def preview_segment(request: Request, body: PreviewIn, _: ReaderDep) -> Preview:
+    """How many customers a rule matches now, and a few of them (by id), without saving it."""
+    rule = _rule(request, body.rule)
+    runtime = _runtime(request)
+    async with runtime.store.read() as session:
+        facts = await load_facts(session, [rule], runtime.clock.now(), None)
+    matched = evaluate(rule, facts).nonzero()[0]
+    return Preview(count=len(matched), sample=[facts.ids[i] for i in matched[:_settings(request).preview_sample_size]])
+
+
+async def _definition(session: AsyncSession, key: str) -> Definition | None:
+    found = await definitions(session, [key])
+    return found[0] if found else None
+
+
+async def _custom(session: AsyncSession, key: str) -> Definition:
+    if key in builtin_segments():
+        raise ApiError(409, f"{key!r} is built in: its thresholds are settings (see the README), not a rule.")
+    if (definition := await _definition(session, key)) is None:
+        raise ApiError(404, f"No custom segment {key!r}. GET /api/segments lists them.")
+    return definition
+
+
+async def _known(session: AsyncSession, key: str) -> str:
+    if key not in builtin_segments() and await _definition(session, key) is None:
         raise ApiError(404, f"No segment {key!r}. GET /api/segments lists them.")
     return key
 
@@ -90,12 +250,12 @@ def _known(key: str) -> str:
 @router.get("/api/segments/{key}/members", response_model=Page[dict[str, Any]])
 async def segment_members(request: Request, key: str, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
     """Customers in the segment now, with since when and why."""
-    _known(key)
     after = decode_cursor(cursor, str)
     query = select(memberships).where(memberships.c.segment == key).order_by(memberships.c.customer_id).limit(limit + 1)
     if after:
         query = query.where(memberships.c.customer_id > after[0])
     async with _runtime(request).store.read() as session:
+        await _known(session, key)
         rows = (await session.execute(query)).all()
     items = [{"customer_id": r.customer_id, "since": to_iso(r.since), "reason": r.reason} for r in rows[:limit]]
     return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].customer_id) if len(rows) > limit else None)
@@ -106,7 +266,6 @@ async def segment_history(
     request: Request, key: str, _: ReaderDep, customer_id: str | None = None, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[dict[str, Any]]:
     """Entries and exits, newest first, optionally for one customer."""
-    _known(key)
     after = decode_cursor(cursor, int)
     query = select(history).where(history.c.segment == key).order_by(history.c.id.desc()).limit(limit + 1)
     if customer_id:
@@ -114,6 +273,7 @@ async def segment_history(
     if after:
         query = query.where(history.c.id < after[0])
     async with _runtime(request).store.read() as session:
+        await _known(session, key)
         rows = (await session.execute(query)).all()
     items = [{"customer_id": r.customer_id, "change": r.change, "at": to_iso(r.at), "reason": r.reason} for r in rows[:limit]]
     return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
@@ -127,13 +287,13 @@ async def segment_size(
 ) -> dict[str, Any]:
     """Member count at the end of each interval in [from, to), from the recorded history
     (default: the last 30 days)."""
-    _known(key)
     end = _aware(to, "to") or _runtime(request).clock.now()
     start = _aware(from_, "from") or end - timedelta(days=30)
     step = INTERVALS[interval]
     if start >= end or (end - start) / step > MAX_POINTS:
         raise ApiError(422, f"'from' must be before 'to', with at most {MAX_POINTS} {interval}s between them.")
     async with _runtime(request).store.read() as session:
+        await _known(session, key)
         size = await _size_at(session, key, start)
         changes = (await session.execute(select(history.c.at, history.c.change).where(
             history.c.segment == key, history.c.at >= start, history.c.at < end).order_by(history.c.at))).all()

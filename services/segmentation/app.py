@@ -5,8 +5,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.segmentation.api import router
-from services.segmentation.evaluation import reevaluate
 from services.segmentation.handlers import make_handlers
+from services.segmentation.schedule import reevaluate
 from services.segmentation.settings import SegmentationSettings
 from services.segmentation.store import bus_tables
 from shared.bus import Bus
@@ -20,7 +20,7 @@ async def reevaluate_now(runtime: Runtime, settings: SegmentationSettings) -> in
     """The scheduled pass (time-based segments, value tiers, RFM); returns memberships changed."""
     outbox = Outbox()
     async with runtime.store.transaction() as session:
-        changed = await reevaluate(session, runtime.clock.now(), settings.thresholds(), outbox)
+        changed = await reevaluate(session, runtime.clock.now(), settings.thresholds(), outbox, settings.events_retention_days)
         await write_outbox(session, runtime.tables, outbox)
     runtime.relay.wake()
     return changed
@@ -38,7 +38,7 @@ def create_app(settings: SegmentationSettings | None = None, bus: Bus | None = N
         tables=bus_tables,
         migrations=MIGRATIONS,
         routers=[router],
-        handlers=make_handlers(settings.thresholds()),
+        handlers=make_handlers(settings.thresholds(), settings.events_retention_days),
         description="Customer profiles, lifecycle, value and frequency tiers, RFM, rule segments.",
         periodic=[("segmentation-reevaluate", settings.reevaluate_seconds, scheduled)],
     )

@@ -4,10 +4,11 @@ change is published on segments.v1 (through the outbox, in the same transaction)
 - Per customer, after each of their events: lifecycle and frequency tier (`evaluate_customer`).
 - For all buyers at once, every `reevaluate_seconds`: value tier and RFM, which are relative to
   the whole population, and the time-based segments of customers whose last order or oldest
-  in-window order crossed a threshold since the previous run (`reevaluate`).
+  in-window order crossed a threshold since the previous run (`schedule.reevaluate`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,13 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation import logic
 from services.segmentation.logic import Thresholds
-from services.segmentation.store import history, job_runs, memberships, orders, profiles
+from services.segmentation.store import history, memberships, orders, profiles
 from shared.events import SegmentChanged
 from shared.outbox import Outbox
 
 CUSTOMER_FAMILIES = ("lifecycle:", "frequency:")
 POPULATION_FAMILIES = ("value:", "rfm:")
-REEVALUATE_JOB = "reevaluate"
 
 
 def days_between(earlier: datetime, later: datetime) -> float:
@@ -89,11 +89,13 @@ def _lifecycle_reason(stage: str, order_count: int, days: float | None, t: Thres
 
 
 async def apply(
-    session: AsyncSession, wanted: list[Wanted], families: tuple[str, ...], at: datetime, outbox: Outbox,
-    everyone: bool = False,
+    session: AsyncSession, wanted: list[Wanted], families: tuple[str, ...] | None, at: datetime, outbox: Outbox,
+    everyone: bool = False, exit_reason: Callable[[str, str, str], str] | None = None,
 ) -> int:
-    """Make memberships within `families` match `wanted`; with `everyone`, customers missing from
-    `wanted` leave those families. Returns how many memberships changed."""
+    """Make memberships within `families` (a family ending in ':' is a prefix, any other an exact
+    custom key; None is every segment) match `wanted`; with `everyone`, customers missing from
+    `wanted` leave those families. An exit is recorded with `exit_reason(customer, segment,
+    reason held)`, by default the reason held. Returns how many memberships changed."""
     current: dict[tuple[str, str], str] = {}
     if everyone:
         current = await _current(session, families, None)
@@ -117,7 +119,8 @@ async def apply(
         await session.execute(
             update(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s"))
             .values(reason=bindparam("r")), reworded)
-    changes = [(c, s, "exited", current[(c, s)]) for c, s in exits] + [(c, s, "entered", target[(c, s)]) for c, s in entries]
+    left = exit_reason or (lambda _c, _s, held: held)
+    changes = [(c, s, "exited", left(c, s, current[(c, s)])) for c, s in exits] + [(c, s, "entered", target[(c, s)]) for c, s in entries]
     if changes:
         await session.execute(insert(history), [
             {"customer_id": c, "segment": s, "change": change, "at": at, "reason": reason}
@@ -128,10 +131,12 @@ async def apply(
 
 
 async def _current(
-    session: AsyncSession, families: tuple[str, ...], customers: list[str] | None
+    session: AsyncSession, families: tuple[str, ...] | None, customers: list[str] | None
 ) -> dict[tuple[str, str], str]:
-    query = select(memberships.c.customer_id, memberships.c.segment, memberships.c.reason).where(
-        or_(*(memberships.c.segment.startswith(f) for f in families)))
+    query = select(memberships.c.customer_id, memberships.c.segment, memberships.c.reason)
+    if families is not None:
+        query = query.where(or_(*(memberships.c.segment.startswith(f) if f.endswith(":") else memberships.c.segment == f
+                                  for f in families)))
     if customers is not None:
         query = query.where(memberships.c.customer_id.in_(customers))
     return {(r.customer_id, r.segment): r.reason for r in await session.execute(query)}
@@ -177,17 +182,3 @@ async def customers_to_reevaluate(session: AsyncSession, last_run: datetime | No
     by_window = select(orders.c.customer_id).where(orders.c.at > last_run - window, orders.c.at <= now - window)
     found = set((await session.execute(by_age)).scalars()) | set((await session.execute(by_window)).scalars())
     return sorted(found)
-
-
-async def reevaluate(session: AsyncSession, now: datetime, t: Thresholds, outbox: Outbox) -> int:
-    """The scheduled pass: time-based segments of the customers that may have moved, then the
-    population tiers. Remembers when it ran, so a restart misses nothing."""
-    last_run = await session.scalar(select(job_runs.c.last_run_at).where(job_runs.c.name == REEVALUATE_JOB))
-    changed = await evaluate_customers(session, await customers_to_reevaluate(session, last_run, now, t), now, t, outbox)
-    changed += await recompute_population(session, now, t, outbox)
-    if last_run is None:
-        await session.execute(insert(job_runs).values(name=REEVALUATE_JOB, last_run_at=now))
-    else:
-        await session.execute(update(job_runs).where(job_runs.c.name == REEVALUATE_JOB).values(last_run_at=now))
-    return changed
-

@@ -7,21 +7,33 @@ the orders table, so late and repeated events give the same profile as events in
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.evaluation import CUSTOMER_FAMILIES, POPULATION_FAMILIES, Wanted, apply, evaluate_customer
+from services.segmentation.custom import evaluate_custom
+from services.segmentation.evaluation import Wanted, apply, evaluate_customer
 from services.segmentation.logic import Thresholds
-from services.segmentation.store import erasures, history, links, memberships, orders, profiles
+from services.segmentation.store import (
+    customer_events,
+    erasures,
+    funnel_stages,
+    history,
+    links,
+    memberships,
+    orders,
+    profiles,
+)
 from shared.consumer import Handlers, Transaction
-from shared.events import CustomerErased, CustomerLinked, Event, Interaction
+from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
 from shared.store import insert_ignoring_conflicts
 
 ORDER_EVENT = "Order Completed"
+# What behaviour conditions call page and screen views (Segment's names for them in destinations).
+VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
 
 
 def order_amount(properties: dict[str, Any]) -> float:
@@ -45,10 +57,14 @@ async def canonical(session: AsyncSession, customer_id: str) -> str:
     return linked or customer_id
 
 
-def make_handlers(thresholds: Thresholds) -> Handlers:
+def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
+    async def evaluate(customer: str, tx: Transaction) -> None:
+        await evaluate_customer(tx.session, customer, tx.now, thresholds, tx.outbox)
+        await evaluate_custom(tx.session, [customer], tx.now, tx.outbox)
+
     async def on_interaction(event: Event, tx: Transaction) -> None:
         assert isinstance(event, Interaction)
-        if await _erased_before(tx.session, event):
+        if await _erased_before(tx.session, event.occurred_at, event.customer_id, event.user_id, event.anonymous_id):
             return  # about a customer erased after it happened (a late or replayed event)
         customer = await canonical(tx.session, event.customer_id)
         await _record_event(tx.session, customer, event)
@@ -57,34 +73,56 @@ def make_handlers(thresholds: Thresholds) -> Handlers:
             await tx.session.execute(insert_ignoring_conflicts(orders, _dialect(tx.session)).values(
                 event_id=event.event_id, customer_id=customer, at=event.occurred_at, amount=amount))
             await _refresh_orders(tx.session, customer)
-        await evaluate_customer(tx.session, customer, tx.now, thresholds, tx.outbox)
+        name = event.name if event.type == "track" else VIEW_EVENTS.get(event.type)
+        if name and event.occurred_at > tx.now - timedelta(days=retention_days):
+            properties = {**event.properties, "name": event.name} if event.type in VIEW_EVENTS and event.name else event.properties
+            await tx.session.execute(insert_ignoring_conflicts(customer_events, _dialect(tx.session)).values(
+                event_id=event.event_id, customer_id=customer, name=name, at=event.occurred_at,
+                properties=orjson.dumps(properties)))
+        await evaluate(customer, tx)
 
     async def on_linked(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerLinked)
         await _merge(tx, event.merged_id, event.customer_id, tx.now)
-        await evaluate_customer(tx.session, event.customer_id, tx.now, thresholds, tx.outbox)
+        await evaluate(event.customer_id, tx)
+
+    async def on_funnel_stage(event: Event, tx: Transaction) -> None:
+        """The customer's latest stage per funnel (by `at`, so late moves do not win)."""
+        assert isinstance(event, FunnelStageChanged)
+        if await _erased_before(tx.session, event.at, event.customer_id):
+            return
+        customer = await canonical(tx.session, event.customer_id)
+        key = (funnel_stages.c.customer_id == customer, funnel_stages.c.funnel == event.funnel)
+        held = await tx.session.scalar(select(funnel_stages.c.at).where(*key))
+        if held is None:
+            await tx.session.execute(insert(funnel_stages).values(
+                customer_id=customer, funnel=event.funnel, stage=event.to_stage, at=event.at))
+        elif event.at >= held:
+            await tx.session.execute(update(funnel_stages).where(*key).values(stage=event.to_stage, at=event.at))
+        else:
+            return
+        await evaluate(customer, tx)
 
     async def on_erased(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerErased)
         everyone = [event.customer_id, *event.merged_ids]
         everyone += list((await tx.session.execute(
             select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
-        for table, column in ((profiles, profiles.c.customer_id), (orders, orders.c.customer_id),
-                              (memberships, memberships.c.customer_id), (history, history.c.customer_id),
-                              (links, links.c.customer_id)):
+        for table in (profiles, orders, memberships, history, links, customer_events, funnel_stages):
+            column = table.c.customer_id
             await tx.session.execute(delete(table).where(column.in_(everyone)))
         await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
         # Remember the erasure, so events from before it that arrive later do not bring them back.
         await tx.session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))
         await tx.session.execute(insert(erasures), [{"customer_id": c, "at": event.at} for c in set(everyone)])
 
-    return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased]}
+    return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased],
+            FunnelStageChanged: [on_funnel_stage]}
 
 
-async def _erased_before(session: AsyncSession, event: Interaction) -> bool:
-    ids = {i for i in (event.customer_id, event.user_id, event.anonymous_id) if i}
-    erased_at = await session.scalar(select(func.max(erasures.c.at)).where(erasures.c.customer_id.in_(ids)))
-    return erased_at is not None and event.occurred_at <= erased_at
+async def _erased_before(session: AsyncSession, at: datetime, *ids: str | None) -> bool:
+    erased_at = await session.scalar(select(func.max(erasures.c.at)).where(erasures.c.customer_id.in_({i for i in ids if i})))
+    return erased_at is not None and at <= erased_at
 
 
 async def _record_event(session: AsyncSession, customer: str, event: Interaction) -> None:
@@ -136,7 +174,9 @@ async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) 
     if old is None:
         return
     await session.execute(update(orders).where(orders.c.customer_id == merged_id).values(customer_id=customer))
-    await apply(session, [Wanted(merged_id, {})], CUSTOMER_FAMILIES + POPULATION_FAMILIES, now, tx.outbox)
+    await session.execute(update(customer_events).where(customer_events.c.customer_id == merged_id).values(customer_id=customer))
+    await _merge_funnel_stages(session, merged_id, customer)
+    await apply(session, [Wanted(merged_id, {})], None, now, tx.outbox)
     await session.execute(delete(profiles).where(profiles.c.customer_id == merged_id))
     into = (await session.execute(select(profiles).where(profiles.c.customer_id == customer))).first()
     if into is None:
@@ -152,6 +192,19 @@ async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) 
             channel=old.channel if older_touch else into.channel,
             channel_at=old.channel_at if older_touch else into.channel_at))
     await _refresh_orders(session, customer)
+
+
+async def _merge_funnel_stages(session: AsyncSession, merged_id: str, customer: str) -> None:
+    """Per funnel, the later of the two stages stays on `customer`."""
+    theirs = (await session.execute(select(funnel_stages).where(funnel_stages.c.customer_id == merged_id))).all()
+    await session.execute(delete(funnel_stages).where(funnel_stages.c.customer_id == merged_id))
+    for row in theirs:
+        key = (funnel_stages.c.customer_id == customer, funnel_stages.c.funnel == row.funnel)
+        held = await session.scalar(select(funnel_stages.c.at).where(*key))
+        if held is None:
+            await session.execute(insert(funnel_stages).values({**row._mapping, "customer_id": customer}))
+        elif row.at > held:
+            await session.execute(update(funnel_stages).where(*key).values(stage=row.stage, at=row.at))
 
 
 def _dialect(session: AsyncSession) -> str:

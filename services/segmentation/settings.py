@@ -21,6 +21,10 @@ class SegmentationSettings(ServiceSettings):
     frequency_window_days: float = Field(365, description="Window of the frequency tiers.")
     frequency_high_orders: int = Field(5, description="Orders in the window for `frequency:high`.")
     frequency_medium_orders: int = Field(2, description="Orders in the window for `frequency:medium`.")
+    events_retention_days: float = Field(
+        365, gt=0, description="How long customers' events are kept for behaviour conditions; the longest `within_days` a rule may use."
+    )
+    preview_sample_size: int = Field(10, ge=0, le=1000, description="Customer ids `POST /api/segments:preview` returns as `sample`.")
     reevaluate_seconds: float = Field(
         60, description="How often time-based segments and the percentile tiers (value, RFM) are recomputed."
     )

@@ -88,3 +88,40 @@ erasures = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("at", UTCDateTime, nullable=False),
 )
+
+# Custom segments (API.md section 3): the rule as the user wrote it (JSON), checked on write.
+segment_definitions = Table(
+    "segment_definitions",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The customer's track, page and screen events of the last SEGMENTATION_EVENTS_RETENTION_DAYS, for
+# behaviour conditions ("did X at least N times within D days"). Keyed by event id: replays and
+# redeliveries land once.
+customer_events = Table(
+    "customer_events",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("properties", LargeBinary, nullable=False),
+    Index("ix_customer_events_customer_name_at", "customer_id", "name", "at"),
+    Index("ix_customer_events_name_at", "name", "at"),
+)
+
+# Each customer's current stage in each funnel (from funnel.v1), for `funnel.<key>.stage`.
+funnel_stages = Table(
+    "funnel_stages",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("funnel", String(100), primary_key=True),
+    Column("stage", String(100)),
+    Column("at", UTCDateTime, nullable=False),
+)

@@ -3,11 +3,10 @@
 Revision ID: segmentation_0002
 Revises: segmentation_0001
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import shared.store
-
 
 revision = 'segmentation_0002'
 down_revision = 'segmentation_0001'

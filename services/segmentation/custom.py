@@ -1,0 +1,122 @@
+"""Custom segments: their definitions, and keeping their memberships true to their rules.
+
+A customer's custom segments are re-evaluated after each of their events (and funnel moves and
+merges); a new or edited rule is evaluated for everyone at once; the scheduled pass re-evaluates
+what time or the population can move: rules on RFM or value tiers for everyone, the rest for the
+customers the pass touched and those whose counted events left a behaviour's window.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation.evaluation import Wanted, apply
+from services.segmentation.facts import ProfileFacts, load_facts
+from services.segmentation.rules import (
+    POPULATION_FIELDS,
+    Rule,
+    behaviours,
+    evaluate,
+    explain,
+    fields,
+    parse,
+    summary,
+)
+from services.segmentation.store import customer_events, segment_definitions
+from shared.outbox import Outbox
+
+# No colon: built-in keys all have one (`lifecycle:new`), so a custom key never shadows one.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Definition:
+    key: str
+    name: str
+    description: str
+    rule: Rule
+    raw_rule: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    def depends_on_population(self) -> bool:
+        """True when time or other customers can change the answer (RFM, value tier)."""
+        return bool(fields(self.rule) & set(POPULATION_FIELDS))
+
+
+async def definitions(session: AsyncSession, keys: list[str] | None = None) -> list[Definition]:
+    query = select(segment_definitions).order_by(segment_definitions.c.key)
+    if keys is not None:
+        query = query.where(segment_definitions.c.key.in_(keys))
+    return [Definition(r.key, r.name, r.description, parse(orjson.loads(r.rule)), orjson.loads(r.rule),
+                       r.created_at, r.updated_at)
+            for r in await session.execute(query)]
+
+
+async def evaluate_custom(
+    session: AsyncSession, customer_ids: list[str] | None, now: datetime, outbox: Outbox,
+    only: list[Definition] | None = None,
+) -> int:
+    """Memberships of custom segments (all, or `only`) made true for these customers (everyone
+    when None). Returns how many changed."""
+    defs = only if only is not None else await definitions(session)
+    if not defs or customer_ids == []:
+        return 0
+    facts = await load_facts(session, [d.rule for d in defs], now, customer_ids)
+    masks = {d.key: evaluate(d.rule, facts) for d in defs}
+    wanted = [Wanted(c, {}) for c in facts.ids]
+    for d in defs:
+        for i in masks[d.key].nonzero()[0].tolist():
+            wanted[i].segments[d.key] = why(d, facts, i)
+    rows = {c: i for i, c in enumerate(facts.ids)}
+    by_key = {d.key: d for d in defs}
+
+    def exit_reason(customer: str, segment: str, _: str) -> str:
+        i = rows.get(customer)
+        return why(by_key[segment], facts, i) if i is not None else "no longer a customer"
+
+    return await apply(session, wanted, tuple(by_key), now, outbox, everyone=customer_ids is None, exit_reason=exit_reason)
+
+
+def why(definition: Definition, facts: ProfileFacts, row: int) -> str:
+    """The conditions that decided, with the customer's values: 'revenue gt 100 (is 250.0)'."""
+    return summary(explain(definition.rule, facts.row(row)))
+
+
+async def window_leavers(session: AsyncSession, defs: list[Definition], last_run: datetime | None, now: datetime) -> set[str]:
+    """Customers with a counted event that left a behaviour's window since the last run."""
+    found: set[str] = set()
+    for b in {(b.event, b.within_days) for d in defs for b in behaviours(d.rule)}:
+        event, days = b
+        window = timedelta(days=days)
+        query = select(customer_events.c.customer_id).where(customer_events.c.name == event,
+                                                            customer_events.c.at <= now - window)
+        if last_run is not None:
+            query = query.where(customer_events.c.at > last_run - window)
+        found |= set((await session.execute(query.distinct())).scalars())
+    return found
+
+
+async def reevaluate_custom(session: AsyncSession, touched: set[str], last_run: datetime | None, now: datetime,
+                            outbox: Outbox) -> int:
+    """The scheduled pass's part: population-dependent rules for everyone, the others for the
+    customers the pass touched or whose behaviour windows moved."""
+    defs = await definitions(session)
+    everyone = [d for d in defs if d.depends_on_population()]
+    others = [d for d in defs if not d.depends_on_population()]
+    changed = await evaluate_custom(session, None, now, outbox, everyone) if everyone else 0
+    if others:
+        customers = touched | await window_leavers(session, others, last_run, now)
+        changed += await evaluate_custom(session, sorted(customers), now, outbox, others)
+    return changed
+
+
+async def prune_events(session: AsyncSession, now: datetime, retention_days: float) -> None:
+    await session.execute(customer_events.delete().where(customer_events.c.at < now - timedelta(days=retention_days)))
+
