@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -143,25 +144,31 @@ async def _current(
 
 
 async def recompute_population(session: AsyncSession, now: datetime, t: Thresholds, outbox: Outbox) -> int:
-    """Value tiers and RFM for every buyer, from one read of the buyers."""
+    """Value tiers and RFM for every buyer, from one read of the buyers; only the profiles whose
+    tier or scores moved are written."""
     buyers = (await session.execute(
-        select(profiles.c.customer_id, profiles.c.last_order_at, profiles.c.order_count, profiles.c.revenue)
+        select(profiles.c.customer_id, profiles.c.last_order_at, profiles.c.order_count, profiles.c.revenue,
+               profiles.c.value_tier, profiles.c.rfm_r, profiles.c.rfm_f, profiles.c.rfm_m)
         .where(profiles.c.order_count > 0))).all()
     tiers = logic.value_tiers({b.customer_id: b.revenue for b in buyers}, t)
-    scores = logic.rfm({b.customer_id: (days_between(b.last_order_at, now), b.order_count, b.revenue) for b in buyers})
-    if buyers:
+    s = logic.rfm_scores(np.array([days_between(b.last_order_at, now) for b in buyers]),
+                         np.array([b.order_count for b in buyers]), np.array([b.revenue for b in buyers]))
+    scored = list(zip(buyers, s.r.tolist(), s.f.tolist(), s.m.tolist(), s.labels.tolist(), strict=True))
+    moved = [{"cid": b.customer_id, "tier": tiers[b.customer_id], "r": r, "f": f, "m": m, "label": label}
+             for b, r, f, m, label in scored if (b.value_tier, b.rfm_r, b.rfm_f, b.rfm_m) != (tiers[b.customer_id], r, f, m)]
+    if moved:
         await session.execute(
             update(profiles).where(profiles.c.customer_id == bindparam("cid")).values(
                 value_tier=bindparam("tier"), rfm_r=bindparam("r"), rfm_f=bindparam("f"), rfm_m=bindparam("m"),
                 rfm_label=bindparam("label")),
-            [{"cid": c, "tier": tiers[c], "r": s.r, "f": s.f, "m": s.m, "label": s.label} for c, s in scores.items()])
+            moved)
     n = len(buyers)
     wanted = [
-        Wanted(c, {
-            f"value:{tiers[c]}": f"revenue rank among {n} buyers puts it in the {tiers[c]} tier",
-            f"rfm:{s.label}": f"r={s.r} f={s.f} m={s.m}",
+        Wanted(b.customer_id, {
+            f"value:{tiers[b.customer_id]}": f"revenue rank among {n} buyers puts it in the {tiers[b.customer_id]} tier",
+            f"rfm:{label}": f"r={r} f={f} m={m}",
         })
-        for c, s in scores.items()
+        for b, r, f, m, label in scored
     ]
     return await apply(session, wanted, POPULATION_FAMILIES, now, outbox, everyone=True)
 

@@ -361,9 +361,20 @@ def _count_test(op: str, counts: NDArray[np.int64], n: int) -> Mask:
 
 
 def test_column(op: str, column: Sequence[Any] | NDArray[np.float64], value: Any, size: int) -> Mask:
-    """One condition over a column: numpy for number columns (NaN is missing), else per value."""
+    """One condition over a column: numpy for number columns (NaN is missing) and for numeric
+    comparisons of mixed columns, a set for equality with texts, else `test_value` per value.
+    Each fast path gives exactly what `test_value` gives (the tests hold them to it)."""
     if isinstance(column, np.ndarray):
         return _test_numbers(op, column, value)
+    values = value if op in ("in", "not_in", "between") else (value,)
+    if op not in ("exists", "contains") and all(_is_number(v) for v in values):
+        # A value that is not a number never equals or compares with one: as missing, it passes ne and not_in only.
+        numbers = np.fromiter((v if type(v) is int or type(v) is float else np.nan for v in column), np.float64, size)
+        return _test_numbers(op, numbers, value)
+    if op in ("eq", "ne", "in", "not_in") and all(isinstance(v, str) for v in values):
+        wanted = set(values)
+        found = np.fromiter((type(v) is str and v in wanted for v in column), dtype=bool, count=size)
+        return found if op in ("eq", "in") else ~found
     return np.fromiter((test_value(op, v, value) for v in column), dtype=bool, count=size)
 
 

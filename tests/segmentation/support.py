@@ -17,9 +17,17 @@ from services.segmentation.app import reevaluate_now
 from shared.bus.base import Consumer, Record
 from shared.bus.embedded import EmbeddedBus
 from shared.clock import FixedClock
-from shared.events import CUSTOMERS, ID_HEADER, INTERACTIONS, SEGMENTS
+from shared.events import (
+    CUSTOMERS,
+    FUNNEL,
+    ID_HEADER,
+    INTERACTIONS,
+    SEGMENTS,
+    FunnelStageChanged,
+    encode,
+)
 from shared.service import Runtime
-from tests.helpers import READER, eventually
+from tests.helpers import ADMIN, READER, eventually
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 WRITE_KEY = "dev-write-key"
@@ -83,7 +91,7 @@ class Segmentation:
         await self.ingest_app.state.pipeline.drain(self.ingest_app.state.runtime)
 
         async def caught_up() -> bool:
-            lag = await self.runtime.bus.lag("segmentation", [CUSTOMERS, INTERACTIONS])
+            lag = await self.runtime.bus.lag("segmentation", [CUSTOMERS, INTERACTIONS, FUNNEL])
             return not any(lag.values())
 
         await eventually(caught_up)
@@ -108,6 +116,20 @@ class Segmentation:
         """Time passes without any event; then the scheduled pass runs."""
         self.clock.advance(days=days)
         return await self.reevaluate()
+
+    async def define(self, key: str, rule: dict[str, Any]) -> dict[str, Any]:
+        """A custom segment, created as an admin does."""
+        response = await self.client.post("/api/segments", json={"key": key, "rule": rule}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def funnel_move(self, customer_id: str, funnel: str, to_stage: str | None, days: float = 0) -> None:
+        """A FunnelStageChanged on funnel.v1, as the funnel service publishes it; returns once applied."""
+        at_ = T0 + timedelta(days=days)
+        await self.runtime.bus.publish([encode(FunnelStageChanged(
+            customer_id=customer_id, funnel=funnel, from_stage=None, to_stage=to_stage, at=at_))])
+        await self.settle()
 
     async def get_profile(self, customer_id: str) -> httpx.Response:
         return await self.client.get(f"/api/customers/{customer_id}", headers=READER)
