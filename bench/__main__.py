@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from bench import ingest, segmentation
+from bench import ingest, segment_preview, segmentation
 
-BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main)]
+BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main),
+              ("segment preview", segment_preview.main)]
 
 
 def main() -> None:

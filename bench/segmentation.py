@@ -14,7 +14,9 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 
 from bench.retail import invoice_time, rows
-from services.segmentation.logic import rfm
+import numpy as np
+
+from services.segmentation.logic import rfm_scores
 
 BUYERS = 100_000
 
@@ -96,17 +98,23 @@ def main() -> None:
     con.execute("CREATE TABLE buyers (customer_id VARCHAR, recency DOUBLE, orders INT, revenue DOUBLE)")
     con.executemany("INSERT INTO buyers VALUES (?, ?, ?, ?)", [(c, *v) for c, v in buyers.items()])
 
-    started = time.perf_counter()
-    ours = rfm(buyers)
-    ours_s = time.perf_counter() - started
-    started = time.perf_counter()
-    theirs = dict(con.execute(RFM_SQL).fetchall())
-    duck_s = time.perf_counter() - started
-    mismatched = sum(1 for c, s in ours.items() if theirs[c] != s.label)
+    # Both start from the buyers' columns already in memory and end with a label per buyer.
+    ids = list(buyers)
+    days, orders, money = (np.array(column) for column in zip(*buyers.values(), strict=True))
+    ours_s = duck_s = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        ours = rfm_scores(days, orders, money).labels
+        ours_s = min(ours_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        theirs = con.execute(RFM_SQL).fetchnumpy()
+        duck_s = min(duck_s, time.perf_counter() - started)
+    by_customer = dict(zip(theirs["customer_id"].tolist(), theirs["label"].tolist(), strict=True))
+    mismatched = sum(1 for c, label in zip(ids, ours.tolist(), strict=True) if by_customer[c] != label)
     assert mismatched == 0, f"{mismatched} labels differ from DuckDB's"
     first_s, steady_s = asyncio.run(store_recompute(buyers))
-    print(f"RFM labels for {len(buyers):,} buyers (same answer as DuckDB): ours {ours_s * 1000:.0f} ms, "
-          f"DuckDB {duck_s * 1000:.0f} ms, ratio {duck_s / ours_s:.2f} (>1 = faster than DuckDB)")
+    print(f"RFM labels for {len(buyers):,} buyers (same answer as DuckDB, best of 3): ours {ours_s * 1000:.1f} ms, "
+          f"DuckDB {duck_s * 1000:.1f} ms, ratio {duck_s / ours_s:.2f} (>1 = faster than DuckDB)")
     print(f"scheduled pass on the store (RFM, value tiers, time-based segments, memberships, history, "
           f"events): first {first_s:.1f} s (every buyer enters 4 segments), a day later {steady_s:.1f} s; "
           f"ratio of DuckDB's scoring to the steady pass {duck_s / steady_s:.3f}")

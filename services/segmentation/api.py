@@ -160,13 +160,15 @@ async def _changing(request: Request) -> AsyncIterator[tuple[AsyncSession, Outbo
 async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> SegmentSummary:
     """A custom segment; every customer is evaluated before the answer, so `member_count` is
     already right."""
-    if not KEY_PATTERN.match(body.key):
+    if body.key in builtin_segments():
+        raise ApiError(409, f"{body.key!r} is a built-in segment; pick another key (custom keys have no ':').")
+    if not KEY_PATTERN.fullmatch(body.key):
         raise ApiError(422, f"Bad key {body.key!r}: 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                             "or digit (no ':', which built-in keys use).", details=[{"loc": "key"}])
     rule = _rule(request, body.rule)
     now = _runtime(request).clock.now()
     async with _changing(request) as (session, outbox):
-        if body.key in builtin_segments() or await _definition(session, body.key):
+        if await _definition(session, body.key):
             raise ApiError(409, f"A segment {body.key!r} already exists; PUT /api/segments/{body.key} changes it.")
         definition = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
         await session.execute(insert(segment_definitions).values(

@@ -32,7 +32,7 @@ from services.segmentation.store import customer_events, segment_definitions
 from shared.outbox import Outbox
 
 # No colon: built-in keys all have one (`lifecycle:new`), so a custom key never shadows one.
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
 
 
 @dataclass(frozen=True)

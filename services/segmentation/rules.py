@@ -353,6 +353,9 @@ def to_json(rule: Rule) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    """JSON-ready: a list for a tuple, a Python number for a numpy one (2.0, not np.float64(2.0))."""
+    if isinstance(value, np.generic):
+        return value.item()
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -381,6 +384,8 @@ def test_column(op: str, column: Sequence[Any] | NDArray[np.float64], value: Any
 def _test_numbers(op: str, column: NDArray[np.float64], value: Any) -> Mask:
     present = ~np.isnan(column)
     with np.errstate(invalid="ignore"):
+        if op == "contains":  # a number contains nothing (parse() refuses it on number fields)
+            return np.zeros(len(column), dtype=bool)
         if op == "exists":
             return present if value else ~present
         if op in ("ne", "not_in"):
