@@ -22,6 +22,13 @@ from tests.segmentation.support import Segmentation, identify, order, page, trac
 
 EMAIL_VISIT = {"page": {"url": "https://shop.example/?utm_source=newsletter&utm_medium=email"}}
 SEARCH_VISIT = {"page": {"url": "https://shop.example/", "referrer": "https://www.bing.com/"}}
+CUSTOM = {
+    "pro-buyers": {"all": [{"field": "traits.plan", "op": "eq", "value": "pro"}, {"field": "order_count", "op": "gte", "value": 1}]},
+    "recent-orders": {"event": "Order Completed", "op": "gte", "value": 1, "within_days": 90},
+    "email-or-loyal": {"any": [{"field": "channel", "op": "eq", "value": "email"},
+                               {"field": "lifecycle", "op": "in", "value": ["loyal", "at_risk"]}]},
+    "top-rfm": {"field": "rfm.label", "op": "in", "value": ["champions", "loyal_customers"]},
+}
 CUSTOMER_IDS = ["ann", "bob", "anon-bob", "cy", "dan", "eve", "fay", "gus", "anon-gus", "anon-only", "hank",
                 "anon-hank"]
 
@@ -46,7 +53,9 @@ async def empty_store_url(store_url: str, tmp_path: Path) -> AsyncIterator[str]:
 
 async def history_of_events(seg: Segmentation) -> None:
     """Late identifies, anonymous visitors who sign in, duplicates, channels, an erasure, and time
-    passing."""
+    passing; custom segments defined before the events."""
+    for key, rule in CUSTOM.items():
+        await seg.define(key, rule)
     await seg.send(
         identify("i-ann-2", "ann", days=-5, plan="pro"),
         identify("i-ann-1", "ann", days=-30, plan="free", city="Oslo"),
@@ -96,7 +105,7 @@ async def observed(client: httpx.AsyncClient) -> dict[str, Any]:
         profile["why"] = {k: k if k.startswith("lifecycle:") else w["reason"] for k, w in profile["why"].items()}
         profiles[customer] = profile
     members: dict[str, list[str]] = {}
-    for key in builtin_segments():
+    for key in [*builtin_segments(), *CUSTOM]:
         response = await client.get(f"/api/segments/{key}/members", params={"limit": 1000}, headers=READER)
         members[key] = [m["customer_id"] for m in response.json()["items"]]
     return {"profiles": profiles, "members": members}
@@ -133,11 +142,15 @@ class TestReplay:
         assert before["profiles"]["hank"] is before["profiles"]["anon-hank"] is None
         assert {p["lifecycle"] for p in before["profiles"].values() if p} == {
             "potential", "new", "active", "loyal", "at_risk", "churned"}
+        assert all(before["members"][key] for key in CUSTOM), {k: before["members"][k] for k in CUSTOM}
 
         await rewind(data_dir / "bus.db", "segmentation")
         replay = fresh_segmentation(tmp_path / "replay", data_dir / "bus.db", empty_store_url, FixedClock(clock.now()))
         async with running(replay) as client:
             runtime = replay.state.runtime
+            for key, rule in CUSTOM.items():  # definitions live in the store, not on the bus
+                response = await client.post("/api/segments", json={"key": key, "rule": rule}, headers=ADMIN)
+                assert response.status_code == 201, response.text
 
             async def caught_up() -> bool:
                 return not any((await runtime.bus.lag("segmentation", [CUSTOMERS, INTERACTIONS])).values())
