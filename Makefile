@@ -9,12 +9,13 @@ PORT ?= 8080
 DATA_DIR ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint install up down clean help
+.PHONY: run test bench bench-rss lint install up down clean help
 
 help:
 	@echo "make run    start the gateway and all services on http://127.0.0.1:$(PORT) (data in $(DATA_DIR))"
 	@echo "make test   run the whole test suite (embedded bus, Kafka via Tansu, SQLite and PostgreSQL)"
 	@echo "make bench  run the benchmarks (each printed as a ratio to a baseline)"
+	@echo "make bench-rss  segmentation's memory after consuming BENCH_RSS_EVENTS (1M) events"
 	@echo "make lint   ruff on everything, mypy --strict on shared/"
 	@echo "make up     docker compose up -d (Kafka, PostgreSQL, each service in its own container)"
 	@echo "make down   docker compose down"
@@ -40,6 +41,9 @@ test: install
 
 bench: install
 	@$(PY) -m bench
+
+bench-rss: install
+	@$(PY) -m bench.segmentation_rss
 
 up:
 	docker compose up -d --build
