@@ -63,14 +63,16 @@ async def load(bus_path: Path, events: list[Interaction], url: str) -> float:
     try:
         for start in range(0, len(events), BATCH):
             await bus.publish([encode(e) for e in events[start:start + BATCH]])
+        reported = started
         while True:
             behind = sum((await bus.lag("segmentation", [INTERACTIONS])).values())
-            done = len(events) - behind
-            elapsed = time.perf_counter() - started
             if not behind:
                 return len(events) / (time.perf_counter() - started)
-            print(f"   consumed {done:,} / {len(events):,} ({done / elapsed:,.0f} events/s)", flush=True)
-            await asyncio.sleep(30)
+            if time.perf_counter() - reported > 15:
+                reported = time.perf_counter()
+                done = len(events) - behind
+                print(f"   consumed {done:,} / {len(events):,} ({done / (reported - started):,.0f} events/s)", flush=True)
+            await asyncio.sleep(0.5)
     finally:
         await bus.stop()
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,14 +32,30 @@ log = logging.getLogger("funnelstream.consumer")
 @dataclass
 class Transaction:
     """What a handler gets: the open store session, `publish` for events to send after commit,
-    and `now`, the service clock when the transaction began (tests move that clock)."""
+    and `now`, the service clock when the transaction began (tests move that clock).
+
+    `defer` lets handlers do their work once per batch instead of once per event (a few bulk
+    statements for 500 events rather than 500 round trips): the work runs after the last
+    handler, in the same transaction, before it commits. `state` holds what it needs."""
 
     session: AsyncSession
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     outbox: Outbox = field(default_factory=Outbox)
+    state: dict[str, Any] = field(default_factory=dict)
+    deferred: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def publish(self, event: Event) -> None:
         self.outbox.publish(event)
+
+    def defer(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` once before commit, however many times it is deferred under `key`."""
+        self.deferred.setdefault(key, work)
+
+    async def run_deferred(self) -> None:
+        """Deferred work may defer more; all of it runs, in the order it was first deferred."""
+        while self.deferred:
+            key = next(iter(self.deferred))
+            await self.deferred.pop(key)()
 
 
 Handler = Callable[[Event, Transaction], Awaitable[None]]
@@ -136,6 +153,7 @@ class ConsumerLoop:
                 done.add(mid)
                 fresh.append(mid)
                 await self._handle(decode(record), tx)
+            await tx.run_deferred()
             if fresh:
                 await session.execute(insert(self.tables.processed), [{"message_id": m} for m in fresh])
             await write_outbox(session, self.tables, tx.outbox)

@@ -1,7 +1,8 @@
 """Applying the segment rules to the store: memberships change, history records it, and every
 change is published on segments.v1 (through the outbox, in the same transaction).
 
-- Per customer, after each of their events: lifecycle and frequency tier (`evaluate_customer`).
+- Per customer, after their events (once per consumed batch): lifecycle and frequency tier
+  (`evaluate_customers`).
 - For all buyers at once, every `reevaluate_seconds`: value tier and RFM, which are relative to
   the whole population, and the time-based segments of customers whose last order or oldest
   in-window order crossed a threshold since the previous run (`schedule.reevaluate`).
@@ -36,10 +37,6 @@ class Wanted:
 
     customer_id: str
     segments: dict[str, str]
-
-
-async def evaluate_customer(session: AsyncSession, customer_id: str, now: datetime, t: Thresholds, outbox: Outbox) -> None:
-    await evaluate_customers(session, [customer_id], now, t, outbox)
 
 
 async def evaluate_customers(

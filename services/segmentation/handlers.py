@@ -1,22 +1,27 @@
 """What segmentation does with each consumed event: keep profiles, then re-evaluate the customer.
 
-Order-safe: first/last seen are min/max, a trait keeps the value of its latest identify, the
-first-touch channel is the channel of the earliest event, and order figures are recomputed from
-the orders table, so late and repeated events give the same profile as events in order.
+Interactions are recorded, and customers evaluated, once per consumed batch (see
+`Transaction.defer`): recording is order-safe (`recording`), so applying a batch's interactions
+after its links and erasures gives the state the events would give one by one.
 """
 from __future__ import annotations
 
-import math
-from datetime import datetime, timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.custom import evaluate_custom
-from services.segmentation.evaluation import Wanted, apply, evaluate_customer
+from services.segmentation.evaluation import Wanted, apply, evaluate_customers
 from services.segmentation.logic import Thresholds
+from services.segmentation.recording import (
+    canonical_ids,
+    merge_traits,
+    record_interactions,
+    refresh_orders,
+)
 from services.segmentation.store import (
     customer_events,
     erasures,
@@ -31,60 +36,51 @@ from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
 from shared.store import insert_ignoring_conflicts
 
-ORDER_EVENT = "Order Completed"
-# What behaviour conditions call page and screen views (Segment's names for them in destinations).
-VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
-
-
-def order_amount(properties: dict[str, Any]) -> float:
-    """`revenue`, else `total`, else `value` (Segment e-commerce spec); numbers or numeric text.
-    NaN and infinities are not amounts (they would poison revenue and every tier)."""
-    for key in ("revenue", "total", "value"):
-        value = properties.get(key)
-        if isinstance(value, bool) or value is None:
-            continue
-        try:
-            amount = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(amount):
-            return amount
-    return 0.0
-
 
 async def canonical(session: AsyncSession, customer_id: str) -> str:
-    linked = await session.scalar(select(links.c.customer_id).where(links.c.alias_id == customer_id))
-    return linked or customer_id
+    return (await canonical_ids(session, [customer_id])).get(customer_id, customer_id)
+
+
+@dataclass
+class Batch:
+    """What the handlers leave for the end of the batch: interactions to record, customers to
+    evaluate (each once, however many of their events the batch holds)."""
+
+    interactions: list[Interaction] = field(default_factory=list)
+    dirty: set[str] = field(default_factory=set)
 
 
 def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
-    async def evaluate(customer: str, tx: Transaction) -> None:
-        await evaluate_customer(tx.session, customer, tx.now, thresholds, tx.outbox)
-        await evaluate_custom(tx.session, [customer], tx.now, tx.outbox)
+    def batch(tx: Transaction) -> Batch:
+        found: Batch = tx.state.setdefault("segmentation", Batch())
+        return found
+
+    def evaluate(customer: str, tx: Transaction) -> None:
+        batch(tx).dirty.add(customer)
+
+        async def evaluate_dirty() -> None:
+            customers = sorted(batch(tx).dirty)
+            batch(tx).dirty.clear()
+            await evaluate_customers(tx.session, customers, tx.now, thresholds, tx.outbox)
+            await evaluate_custom(tx.session, customers, tx.now, tx.outbox)
+
+        tx.defer("segmentation.evaluate", evaluate_dirty)
 
     async def on_interaction(event: Event, tx: Transaction) -> None:
         assert isinstance(event, Interaction)
-        if await _erased_before(tx.session, event.occurred_at, event.customer_id, event.user_id, event.anonymous_id):
-            return  # about a customer erased after it happened (a late or replayed event)
-        customer = await canonical(tx.session, event.customer_id)
-        await _record_event(tx.session, customer, event)
-        if event.type == "track" and event.name == ORDER_EVENT:
-            amount = order_amount(event.properties)
-            await tx.session.execute(insert_ignoring_conflicts(orders, _dialect(tx.session)).values(
-                event_id=event.event_id, customer_id=customer, at=event.occurred_at, amount=amount))
-            await _refresh_orders(tx.session, customer)
-        name = event.name if event.type == "track" else VIEW_EVENTS.get(event.type)
-        if name and event.occurred_at > tx.now - timedelta(days=retention_days):
-            properties = {**event.properties, "name": event.name} if event.type in VIEW_EVENTS and event.name else event.properties
-            await tx.session.execute(insert_ignoring_conflicts(customer_events, _dialect(tx.session)).values(
-                event_id=event.event_id, customer_id=customer, name=name, at=event.occurred_at,
-                properties=orjson.dumps(properties)))
-        await evaluate(customer, tx)
+        batch(tx).interactions.append(event)
+
+        async def record() -> None:
+            events, batch(tx).interactions = batch(tx).interactions, []
+            for customer in await record_interactions(tx.session, events, tx.now, retention_days):
+                evaluate(customer, tx)
+
+        tx.defer("segmentation.record", record)
 
     async def on_linked(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerLinked)
         await _merge(tx, event.merged_id, event.customer_id, tx.now)
-        await evaluate(event.customer_id, tx)
+        evaluate(event.customer_id, tx)
 
     async def on_funnel_stage(event: Event, tx: Transaction) -> None:
         """The customer's latest stage per funnel (by `at`, so late moves do not win)."""
@@ -101,7 +97,7 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
             await tx.session.execute(update(funnel_stages).where(*key).values(stage=event.to_stage, at=event.at))
         else:
             return
-        await evaluate(customer, tx)
+        evaluate(customer, tx)
 
     async def on_erased(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerErased)
@@ -125,46 +121,6 @@ async def _erased_before(session: AsyncSession, at: datetime, *ids: str | None) 
     return erased_at is not None and at <= erased_at
 
 
-async def _record_event(session: AsyncSession, customer: str, event: Interaction) -> None:
-    row = (await session.execute(select(profiles).where(profiles.c.customer_id == customer))).first()
-    at = event.occurred_at
-    if row is None:
-        traits_at = {name: at.isoformat() for name in event.traits}
-        await session.execute(insert(profiles).values(
-            customer_id=customer, traits=orjson.dumps(event.traits), traits_at=orjson.dumps(traits_at),
-            first_seen=at, last_seen=at, event_count=1, order_count=0, revenue=0.0,
-            channel=event.channel, channel_at=at))
-        return
-    traits, traits_at = _merge_traits(
-        (orjson.loads(row.traits), orjson.loads(row.traits_at)), (event.traits, {k: at.isoformat() for k in event.traits}))
-    first_touch = at < row.channel_at if row.channel_at else True
-    await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
-        traits=orjson.dumps(traits), traits_at=orjson.dumps(traits_at),
-        first_seen=min(row.first_seen, at), last_seen=max(row.last_seen, at),
-        event_count=row.event_count + 1,
-        channel=event.channel if first_touch else row.channel,
-        channel_at=at if first_touch else row.channel_at))
-
-
-def _merge_traits(
-    mine: tuple[dict[str, Any], dict[str, str]], theirs: tuple[dict[str, Any], dict[str, str]]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Per trait, the value set latest wins (ISO-8601 UTC strings compare in time order)."""
-    traits, traits_at = dict(mine[0]), dict(mine[1])
-    for name, value in theirs[0].items():
-        if name not in traits_at or theirs[1][name] >= traits_at[name]:
-            traits[name], traits_at[name] = value, theirs[1][name]
-    return traits, traits_at
-
-
-async def _refresh_orders(session: AsyncSession, customer: str) -> None:
-    count, revenue, last = (await session.execute(
-        select(func.count(), func.coalesce(func.sum(orders.c.amount), 0.0), func.max(orders.c.at))
-        .where(orders.c.customer_id == customer))).one()
-    await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
-        order_count=count, revenue=float(revenue), last_order_at=last))
-
-
 async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) -> None:
     """`merged_id`'s profile, orders and links move to `customer`; its memberships end."""
     session = tx.session
@@ -182,7 +138,7 @@ async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) 
     if into is None:
         await session.execute(insert(profiles).values({**old._mapping, "customer_id": customer}))
     else:
-        traits, traits_at = _merge_traits(
+        traits, traits_at = merge_traits(
             (orjson.loads(into.traits), orjson.loads(into.traits_at)), (orjson.loads(old.traits), orjson.loads(old.traits_at)))
         older_touch = old.channel_at is not None and (into.channel_at is None or old.channel_at < into.channel_at)
         await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
@@ -191,7 +147,7 @@ async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) 
             event_count=into.event_count + old.event_count,
             channel=old.channel if older_touch else into.channel,
             channel_at=old.channel_at if older_touch else into.channel_at))
-    await _refresh_orders(session, customer)
+    await refresh_orders(session, [customer])
 
 
 async def _merge_funnel_stages(session: AsyncSession, merged_id: str, customer: str) -> None:
