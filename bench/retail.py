@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ def rows(limit: int | None = None, path: Path = DATA) -> Iterator[dict[str, str]
 
 def invoice_time(row: dict[str, str]) -> str:
     # UK local time without zone in the file; taken as UTC (an hour off in summer, harmless here).
-    return datetime.strptime(row["InvoiceDate"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).isoformat()
+    return datetime.strptime(row["InvoiceDate"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).isoformat()
 
 
 def to_message(row: dict[str, str], n: int) -> dict[str, Any]:

@@ -88,10 +88,11 @@ async def ours(now: datetime, profiles: list[dict[str, Any]], events: list[dict[
 
     from services.segmentation.app import create_app
     from services.segmentation.facts import load_facts
-    from services.segmentation.rules import evaluate, parse
+    from services.segmentation.rules import parse
     from services.segmentation.store import customer_events
     from services.segmentation.store import profiles as profiles_table
     from shared.clock import FixedClock
+    from shared.rules import evaluate
 
     app = create_app()
     async with app.router.lifespan_context(app):

@@ -9,13 +9,12 @@ import random
 import tempfile
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
-
-from bench.retail import invoice_time, rows
 import numpy as np
 
+from bench.retail import invoice_time, rows
 from services.segmentation.logic import rfm_scores
 
 BUYERS = 100_000
@@ -72,7 +71,7 @@ async def store_recompute(buyers: dict[str, tuple[float, int, float]]) -> tuple[
     from services.segmentation.store import profiles
 
     app = create_app()
-    now = datetime(2012, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2012, 1, 1, tzinfo=UTC)
     async with app.router.lifespan_context(app):
         runtime = app.state.runtime
         async with runtime.store.transaction() as session:

@@ -17,7 +17,7 @@ from services.segmentation.evaluation import apply, days_between
 from services.segmentation.facts import load_facts
 from services.segmentation.handlers import canonical
 from services.segmentation.logic import builtin_segments
-from services.segmentation.rules import Rule, RuleError, evaluate, explain, parse, to_json
+from services.segmentation.rules import parse
 from services.segmentation.settings import SegmentationSettings
 from services.segmentation.store import history, memberships, profiles, segment_definitions
 from shared.auth import AdminDep, ReaderDep
@@ -25,6 +25,7 @@ from shared.errors import ApiError
 from shared.events import to_iso
 from shared.outbox import Outbox, write_outbox
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shared.rules import Rule, RuleError, evaluate, explain, to_json
 from shared.service import Runtime
 
 router = APIRouter(tags=["segments"])

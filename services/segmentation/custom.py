@@ -18,18 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import Wanted, apply
 from services.segmentation.facts import ProfileFacts, load_facts
-from services.segmentation.rules import (
-    POPULATION_FIELDS,
-    Rule,
-    behaviours,
-    evaluate,
-    explain,
-    fields,
-    parse,
-    summary,
-)
+from services.segmentation.rules import POPULATION_FIELDS, parse
 from services.segmentation.store import customer_events, segment_definitions
 from shared.outbox import Outbox
+from shared.rules import Rule, behaviours, evaluate, explain, fields, summary
 
 # No colon: built-in keys all have one (`lifecycle:new`), so a custom key never shadows one.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch

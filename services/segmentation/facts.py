@@ -14,16 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import chunks
-from services.segmentation.rules import (
-    FUNNEL_FIELD,
-    MISSING,
-    Behaviour,
-    Rule,
-    behaviours,
-    evaluate,
-    fields,
-)
+from services.segmentation.rules import FUNNEL_FIELD
 from services.segmentation.store import customer_events, funnel_stages, memberships, profiles
+from shared.rules import MISSING, Behaviour, EventFacts, Rule, behaviours, evaluate, fields, lookup
 
 # Profile fields kept as columns of the profiles table.
 PROFILE_NUMBERS = {"event_count": profiles.c.event_count, "order_count": profiles.c.order_count,
@@ -32,16 +25,6 @@ PROFILE_NUMBERS = {"event_count": profiles.c.event_count, "order_count": profile
 PROFILE_TEXTS = {"channel": profiles.c.channel, "value_tier": profiles.c.value_tier, "rfm.label": profiles.c.rfm_label}
 # Fields held as built-in memberships (`lifecycle:new` -> lifecycle "new").
 MEMBERSHIP_FAMILIES = {"lifecycle": "lifecycle:", "frequency_tier": "frequency:"}
-
-
-def lookup(document: dict[str, Any], path: str) -> Any:
-    """`a.b` in a JSON object: the key "a.b" itself if present, else b inside a; MISSING if neither."""
-    if path in document:
-        return document[path]
-    head, dot, rest = path.partition(".")
-    if dot and isinstance(inner := document.get(head), dict):
-        return lookup(inner, rest)
-    return MISSING
 
 
 class ProfileFacts:
@@ -72,21 +55,6 @@ class ProfileFacts:
             {k: c[index:index + 1] for k, c in self._counts.items()},
             self._traits[index:index + 1],
         )
-
-
-class EventFacts:
-    """Events' properties, for a behaviour's `where` (fields `plan` or `properties.plan`)."""
-
-    def __init__(self, properties: list[dict[str, Any]]) -> None:
-        self.size = len(properties)
-        self._properties = properties
-
-    def column(self, field: str) -> Sequence[Any]:
-        path = field.removeprefix("properties.")
-        return [lookup(p, path) for p in self._properties]
-
-    def counts(self, behaviour: Behaviour) -> NDArray[np.int64]:
-        raise AssertionError("parse() keeps behaviours out of a where")
 
 
 async def load_facts(session: AsyncSession, rules: list[Rule], now: datetime, customer_ids: list[str] | None) -> ProfileFacts:

@@ -1,4 +1,4 @@
-"""The rule language of custom segments, without a store: parsing (and the path a bad rule's error
+"""The rule language (shared.rules) with custom segments' fields, without a store: parsing (and the path a bad rule's error
 names), evaluating over columns (lists, and numpy arrays for numbers), explaining one customer."""
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.segmentation import rules
-from services.segmentation.facts import EventFacts
-from services.segmentation.rules import (
+from services.segmentation.rules import parse
+from shared import rules
+from shared.rules import (
     MISSING,
     Behaviour,
+    EventFacts,
     RuleError,
     evaluate,
     explain,
-    parse,
     summary,
     to_json,
 )
