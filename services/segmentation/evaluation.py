@@ -21,6 +21,7 @@ from services.segmentation import logic
 from services.segmentation.logic import Thresholds
 from services.segmentation.store import history, memberships, orders, profiles
 from shared.events import SegmentChanged
+from shared.identity import chunks
 from shared.outbox import Outbox
 
 CUSTOMER_FAMILIES = ("lifecycle:", "frequency:")
@@ -57,11 +58,6 @@ async def evaluate_customers(
                   for r in rows]
         changed += await apply(session, wanted, CUSTOMER_FAMILIES, now, outbox)
     return changed
-
-
-def chunks(items: list[str], size: int = 5000) -> list[list[str]]:
-    """Bounded IN lists (SQLite caps bound parameters per statement)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _customer_segments(

@@ -13,9 +13,9 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.evaluation import chunks
 from services.segmentation.rules import FUNNEL_FIELD
 from services.segmentation.store import customer_events, funnel_stages, memberships, profiles
+from shared.identity import chunks
 from shared.rules import MISSING, Behaviour, EventFacts, Rule, behaviours, evaluate, fields, lookup
 
 # Profile fields kept as columns of the profiles table.

@@ -16,12 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.segmentation.custom import evaluate_custom
 from services.segmentation.evaluation import Wanted, apply, evaluate_customers
 from services.segmentation.logic import Thresholds
-from services.segmentation.recording import (
-    canonical_ids,
-    merge_traits,
-    record_interactions,
-    refresh_orders,
-)
+from services.segmentation.recording import record_interactions, refresh_orders
 from services.segmentation.store import (
     customer_events,
     erasures,
@@ -34,11 +29,12 @@ from services.segmentation.store import (
 )
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
+from shared.identity import canonical_ids, merge_traits
 from shared.store import insert_ignoring_conflicts
 
 
 async def canonical(session: AsyncSession, customer_id: str) -> str:
-    return (await canonical_ids(session, [customer_id])).get(customer_id, customer_id)
+    return (await canonical_ids(session, links, [customer_id])).get(customer_id, customer_id)
 
 
 @dataclass

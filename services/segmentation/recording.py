@@ -16,9 +16,9 @@ import orjson
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.evaluation import chunks
 from services.segmentation.store import customer_events, erasures, links, orders, profiles
 from shared.events import Interaction
+from shared.identity import canonical_ids, chunks, merge_traits, not_erased
 from shared.store import insert_ignoring_conflicts
 
 ORDER_EVENT = "Order Completed"
@@ -42,22 +42,11 @@ def order_amount(properties: dict[str, Any]) -> float:
     return 0.0
 
 
-def merge_traits(
-    mine: tuple[dict[str, Any], dict[str, str]], theirs: tuple[dict[str, Any], dict[str, str]]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Per trait, the value set latest wins (ISO-8601 UTC strings compare in time order)."""
-    traits, traits_at = dict(mine[0]), dict(mine[1])
-    for name, value in theirs[0].items():
-        if name not in traits_at or theirs[1][name] >= traits_at[name]:
-            traits[name], traits_at[name] = value, theirs[1][name]
-    return traits, traits_at
-
-
 async def record_interactions(session: AsyncSession, events: list[Interaction], now: datetime,
                               retention_days: float) -> set[str]:
     """Apply the events; returns the (canonical) customers whose profile changed."""
-    events = await _not_erased(session, events)
-    canonical = await canonical_ids(session, sorted({e.customer_id for e in events}))
+    events = await not_erased(session, erasures, events)
+    canonical = await canonical_ids(session, links, {e.customer_id for e in events})
     by_customer: dict[str, list[Interaction]] = defaultdict(list)
     for event in events:
         by_customer[canonical.get(event.customer_id, event.customer_id)].append(event)
@@ -78,28 +67,6 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
     if behaviour_rows:
         await session.execute(insert_ignoring_conflicts(customer_events, dialect), behaviour_rows)
     return set(by_customer)
-
-
-async def canonical_ids(session: AsyncSession, ids: list[str]) -> dict[str, str]:
-    """id -> the customer it was merged into, for the ids that were."""
-    found: dict[str, str] = {}
-    for chunk in chunks(ids):
-        found |= dict((await session.execute(
-            select(links.c.alias_id, links.c.customer_id).where(links.c.alias_id.in_(chunk)))).tuples().all())
-    return found
-
-
-async def _not_erased(session: AsyncSession, events: list[Interaction]) -> list[Interaction]:
-    """Without events about a customer erased after they happened (late or replayed)."""
-    ids = sorted({i for e in events for i in (e.customer_id, e.user_id, e.anonymous_id) if i})
-    erased: dict[str, datetime] = {}
-    for chunk in chunks(ids):
-        erased |= dict((await session.execute(
-            select(erasures.c.customer_id, erasures.c.at).where(erasures.c.customer_id.in_(chunk)))).tuples().all())
-    if not erased:
-        return events
-    return [e for e in events
-            if not any(i in erased and e.occurred_at <= erased[i] for i in (e.customer_id, e.user_id, e.anonymous_id) if i)]
 
 
 async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Interaction]]) -> None:
