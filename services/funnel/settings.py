@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, common
@@ -9,6 +10,8 @@ class FunnelSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FUNNEL_", populate_by_name=True, extra="ignore")
 
     port: int = common(8083, "PORT", "Port the HTTP server listens on.")
+    events_retention_days: float = Field(
+        365, gt=0, description="How long the funnel service keeps its slim copy of events, from which a new or edited funnel is built.")
 
     @property
     def service_name(self) -> str:

@@ -1,0 +1,309 @@
+"""Funnels as pure functions (API.md section 4): definitions, which stages an event matches, the
+counted attempt of a customer, and the report over counted attempts. No I/O, no clock.
+
+The counted attempt (PostHog's ordered funnel): events e1..ek matching stages 1..k, each a
+different event, at times t1 <= ... <= tk, tk - t1 <= the window and each t(i) - t(i-1) <= that
+stage's `max_days_from_previous`. The attempt reaching the furthest stage counts; among those,
+the one with the earliest times compared stage by stage. It depends only on the set of matched
+events, never on their arrival order, so late and repeated events change nothing but what they add.
+"""
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.rules import PROPERTIES, Rule, RuleError, matches, parse, to_json
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
+EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
+MAX_STAGES = 20
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """An event matches when its type and name are among these (None: any) and `where` holds over
+    its properties (`traits.x` and `context.x` reach its traits and context)."""
+
+    types: tuple[str, ...] | None
+    events: tuple[str, ...] | None
+    where: Rule | None
+
+    def test(self, type_: str, name: str | None, document: dict[str, Any]) -> bool:
+        if self.types is not None and type_ not in self.types:
+            return False
+        if self.events is not None and name not in self.events:
+            return False
+        return self.where is None or matches(self.where, document)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.types is not None:
+            out["type"] = self.types[0] if len(self.types) == 1 else list(self.types)
+        if self.events is not None:
+            out["event"] = self.events[0] if len(self.events) == 1 else list(self.events)
+        if self.where is not None:
+            out["where"] = to_json(self.where)
+        return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str
+    name: str
+    match: tuple[Match, ...]  # any of them
+    max_days_from_previous: float | None = None
+
+    def test(self, type_: str, name: str | None, document: dict[str, Any]) -> bool:
+        return any(m.test(type_, name, document) for m in self.match)
+
+
+@dataclass(frozen=True)
+class Funnel:
+    key: str
+    name: str
+    stages: tuple[Stage, ...]
+    conversion_window_days: float
+
+    def stage_mask(self, type_: str, name: str | None, document: dict[str, Any]) -> int:
+        """Bit i set when the event matches stage i."""
+        return sum(1 << i for i, stage in enumerate(self.stages) if stage.test(type_, name, document))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "name": self.name, "conversion_window_days": self.conversion_window_days,
+            "stages": [{"key": s.key, "name": s.name,
+                        "match": s.match[0].to_json() if len(s.match) == 1 else [m.to_json() for m in s.match],
+                        **({"max_days_from_previous": s.max_days_from_previous}
+                           if s.max_days_from_previous is not None else {})} for s in self.stages],
+        }
+
+
+def event_document(properties: dict[str, Any], traits: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's `where` reads: the properties, plus `traits.*` and `context.*`."""
+    return {**properties, "properties": properties, "traits": traits, "context": context}
+
+
+# --- definitions ---------------------------------------------------------------------------------
+
+def parse_funnel(raw: Any, key: str | None = None) -> Funnel:
+    """A funnel definition from JSON, or a RuleError naming the bad part (`stages[2].match.event`)."""
+    if not isinstance(raw, dict):
+        raise RuleError("body", "a funnel is a JSON object")
+    key = key if key is not None else raw.get("key")
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise RuleError("key", "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    name = raw.get("name", key)
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise RuleError("name", "a name of 1-200 characters")
+    window = raw.get("conversion_window_days")
+    if not _positive(window):
+        raise RuleError("conversion_window_days", "a number of days above 0")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
+        raise RuleError("stages", f"a list of 1-{MAX_STAGES} stages")
+    parsed = tuple(_stage(s, f"stages[{i}]", first=i == 0) for i, s in enumerate(stages))
+    keys = [s.key for s in parsed]
+    if len(set(keys)) != len(keys):
+        raise RuleError("stages", f"stage keys must differ: {keys}")
+    return Funnel(key, name, parsed, window)  # numbers as written: 90 stays 90
+
+
+def _stage(raw: Any, where: str, first: bool) -> Stage:
+    if not isinstance(raw, dict):
+        raise RuleError(where, "a stage is a JSON object {key, name, match, max_days_from_previous?}")
+    if extra := sorted(set(raw) - {"key", "name", "match", "max_days_from_previous"}):
+        raise RuleError(where, f"unexpected key(s) {', '.join(map(repr, extra))}")
+    key = raw.get("key")
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise RuleError(f"{where}.key", "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    name = raw.get("name", key)
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise RuleError(f"{where}.name", "a name of 1-200 characters")
+    sla = raw.get("max_days_from_previous")
+    if sla is not None and (first or not _positive(sla)):
+        raise RuleError(f"{where}.max_days_from_previous",
+                        "the first stage has no previous one" if first else "a number of days above 0")
+    match = raw.get("match")
+    if isinstance(match, list) and match:
+        matches_ = tuple(_match(m, f"{where}.match[{i}]") for i, m in enumerate(match))
+    else:
+        matches_ = (_match(match, f"{where}.match"),)
+    return Stage(key, name, matches_, sla)
+
+
+def _match(raw: Any, where: str) -> Match:
+    if not isinstance(raw, dict):
+        raise RuleError(where, 'a match is an object {"type": ..., "event": ...?, "where": ...?} or a non-empty list of them')
+    if extra := sorted(set(raw) - {"type", "event", "where"}):
+        raise RuleError(where, f"unexpected key(s) {', '.join(map(repr, extra))}; allowed: type, event, where")
+    types = _names(raw.get("type"), f"{where}.type")
+    if types is not None and (bad := [t for t in types if t not in EVENT_TYPES]):
+        raise RuleError(f"{where}.type", f"{bad[0]!r} is not a message type; one of {', '.join(EVENT_TYPES)}")
+    events = _names(raw.get("event"), f"{where}.event")
+    rule = parse(raw["where"], PROPERTIES, where=f"{where}.where") if raw.get("where") is not None else None
+    if types is None and events is None and rule is None:
+        raise RuleError(where, "say what matches: a type, an event name or a where")
+    return Match(types, events, rule)
+
+
+def _names(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise RuleError(where, "a name or a non-empty list of names")
+    return tuple(values)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+LIFECYCLE = parse_funnel({
+    "key": "lifecycle", "name": "Customer lifecycle", "conversion_window_days": 90,
+    "stages": [
+        {"key": "awareness", "name": "Awareness", "match": {"type": ["page", "track"]}},
+        {"key": "interest", "name": "Interest", "match": [
+            {"type": "track", "event": "Signed Up"},
+            {"type": "identify", "where": {"field": "traits.email", "op": "exists", "value": True}}]},
+        {"key": "consideration", "name": "Consideration", "match": {"type": "track", "event": [
+            "Product Viewed", "Product Added", "Lead Created", "Checkout Started"]}},
+        {"key": "purchase", "name": "Purchase", "match": {"type": "track", "event": "Order Completed"}},
+        {"key": "loyalty", "name": "Loyalty (a second order)", "match": {"type": "track", "event": "Order Completed"}},
+    ],
+})
+
+
+# --- the counted attempt -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Matched:
+    """One matched event: when (epoch seconds), its id, and the stages it matches (bits)."""
+
+    at: float
+    event_id: str
+    stages: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    events: tuple[Matched, ...]  # one per stage reached, in stage order
+
+    @property
+    def depth(self) -> int:
+        return len(self.events)
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        return tuple(e.at for e in self.events)
+
+
+NO_ATTEMPT = Attempt(())
+
+
+def counted_attempt(funnel: Funnel, matched: Sequence[Matched]) -> Attempt:
+    """The attempt that reaches the furthest stage; among those, the earliest times stage by stage.
+
+    A depth-first search over candidate events in time order, memoised per (start, stage, event).
+    For a fixed start, taking the earliest event that fits a stage never reaches less far (any
+    later one can be swapped for it), so later ones are tried only when the next stage has its own
+    window from this one (`max_days_from_previous`) or when the earliest are already used (events
+    at equal times). Later starts are always tried: their window ends later."""
+    events = sorted(matched, key=lambda e: (e.at, e.event_id))
+    k = len(funnel.stages)
+    by_stage = [[e for e in events if e.stages >> i & 1] for i in range(k)]
+    times = [[e.at for e in stage] for stage in by_stage]
+    window = funnel.conversion_window_days * DAY
+    slas = [s.max_days_from_previous * DAY if s.max_days_from_previous is not None else math.inf for s in funnel.stages]
+    memo: dict[tuple[str, int, str, frozenset[str]], tuple[Matched, ...]] = {}
+
+    def search(stage: int, candidates: list[Matched], last_at: float | None, tied: frozenset[str],
+               start: Matched | None) -> tuple[Matched, ...]:
+        only_earliest = stage > 0 and (stage + 1 == k or math.isinf(slas[stage + 1]))
+        found: tuple[Matched, ...] = ()
+        for candidate in candidates:
+            if found and candidate.at > found[0].at and (only_earliest or len(found) == k - stage):
+                break  # past the earliest time that works: later candidates only tie or lose
+            if candidate.event_id in tied:
+                continue
+            now_tied = tied | {candidate.event_id} if candidate.at == last_at else frozenset({candidate.event_id})
+            path = (candidate, *continuation(stage, candidate, now_tied, start or candidate))
+            if len(path) > len(found) or (len(path) == len(found) and _times(path) < _times(found)):
+                found = path
+        return found
+
+    def continuation(i: int, last: Matched, tied: frozenset[str], start: Matched) -> tuple[Matched, ...]:
+        if i + 1 == k:
+            return ()
+        key = (start.event_id, i, last.event_id, tied)
+        if key not in memo:
+            latest = min(start.at + window, last.at + slas[i + 1])
+            lo, hi = bisect_left(times[i + 1], last.at), bisect_right(times[i + 1], latest)
+            memo[key] = search(i + 1, by_stage[i + 1][lo:hi], last.at, tied, start)
+        return memo[key]
+
+    return Attempt(search(0, by_stage[0], None, frozenset(), None))
+
+
+def _times(path: tuple[Matched, ...]) -> tuple[float, ...]:
+    return tuple(e.at for e in path)
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counted:
+    """A customer's counted attempt, as a report reads it."""
+
+    times: tuple[float, ...]
+    group: Any = None  # the breakdown value
+
+
+def report(funnel: Funnel, attempts: Sequence[Counted], now: float) -> dict[str, Any]:
+    """Per stage: entered, conversion from the previous stage, drop-off, in progress, median
+    seconds from the previous stage; and the overall conversion."""
+    k = len(funnel.stages)
+    window = funnel.conversion_window_days * DAY
+    entered = [0] * k
+    in_progress = [0] * k
+    gaps: list[list[float]] = [[] for _ in range(k)]
+    for a in attempts:
+        depth = len(a.times)
+        for i in range(depth):
+            entered[i] += 1
+            if i:
+                gaps[i].append(a.times[i] - a.times[i - 1])
+        if 0 < depth < k and _open(funnel.stages[depth], a.times, window, now):
+            in_progress[depth] += 1
+    stages = []
+    for i, stage in enumerate(funnel.stages):
+        previous = entered[i - 1] if i else None
+        stages.append({
+            "stage": stage.key,
+            "entered": entered[i],
+            "converted_from_previous_rate": entered[i] / previous if previous else None,
+            "drop_off": previous - entered[i] - in_progress[i] if previous is not None else 0,
+            "in_progress": in_progress[i],
+            "median_seconds_from_previous": median(gaps[i]) if i else None,
+        })
+    return {"stages": stages, "overall_conversion_rate": entered[-1] / entered[0] if entered[0] else None}
+
+
+def _open(next_stage: Stage, times: tuple[float, ...], window: float, now: float) -> bool:
+    """Can this attempt still reach `next_stage`? Its window (and the stage's own) not yet over."""
+    if now > times[0] + window:
+        return False
+    return next_stage.max_days_from_previous is None or now <= times[-1] + next_stage.max_days_from_previous * DAY
+
+
+def median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

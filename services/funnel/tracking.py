@@ -1,0 +1,209 @@
+"""Keeping every customer's counted attempt current: events in, matches per funnel, attempts
+recounted, transitions recorded and published on funnel.v1.
+
+Work is done once per consumed batch: the batch's events are matched and stored in bulk, then
+each touched (funnel, customer) is recounted from its matched events. A counted attempt depends
+only on the set of matched events, so late and repeated events give what in-order ones give.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.funnel.logic import (
+    LIFECYCLE,
+    Attempt,
+    Funnel,
+    Matched,
+    counted_attempt,
+    event_document,
+    parse_funnel,
+)
+from services.funnel.store import (
+    attempts,
+    erasures,
+    events,
+    funnels,
+    links,
+    matches,
+    traits,
+    transitions,
+)
+from shared.events import FunnelStageChanged, Interaction
+from shared.identity import canonical_ids, chunks, merge_traits, not_erased
+from shared.outbox import Outbox
+from shared.store import insert_ignoring_conflicts
+
+
+async def definitions(session: AsyncSession, keys: list[str] | None = None) -> list[Funnel]:
+    """Every funnel (or those of `keys`), the default `lifecycle` included unless edited."""
+    query = select(funnels.c.key, funnels.c.definition).order_by(funnels.c.key)
+    if keys is not None:
+        query = query.where(funnels.c.key.in_(keys))
+    found = {key: parse_funnel(orjson.loads(definition)) for key, definition in await session.execute(query)}
+    if LIFECYCLE.key not in found and (keys is None or LIFECYCLE.key in keys):
+        found[LIFECYCLE.key] = LIFECYCLE
+    return [found[k] for k in sorted(found)]
+
+
+@dataclass
+class Pending:
+    """A batch's work: interactions to record, then (funnel, customer) pairs to recount."""
+
+    interactions: list[Interaction] = field(default_factory=list)
+    dirty: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+def epoch(at: datetime) -> float:
+    return at.timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def record(session: AsyncSession, batch: list[Interaction], now: datetime, retention_days: float,
+                 pending: Pending) -> None:
+    """Store the events, their matches with every funnel, and the customers' traits."""
+    batch = await not_erased(session, erasures, batch)
+    canonical = await canonical_ids(session, links, {e.customer_id for e in batch})
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    oldest = now - timedelta(days=retention_days)
+    rows = [{"event_id": e.event_id, "customer_id": canonical.get(e.customer_id, e.customer_id), "type": e.type,
+             "name": e.name, "document": event_document(e.properties, e.traits, e.context), "channel": e.channel,
+             "at": e.occurred_at} for e in batch if e.occurred_at > oldest]
+    if not rows:
+        return
+    await session.execute(insert_ignoring_conflicts(events, dialect),
+                          [{**r, "document": orjson.dumps(r["document"])} for r in rows])
+    await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, batch, strict=False) if e.traits], dialect)
+    for funnel in await definitions(session):
+        matched = _matches(funnel, rows)
+        if matched:
+            await session.execute(insert_ignoring_conflicts(matches, dialect), matched)
+            pending.dirty[funnel.key] |= {m["customer_id"] for m in matched}
+
+
+def _matches(funnel: Funnel, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    found = []
+    for r in rows:
+        mask = funnel.stage_mask(r["type"], r["name"], r["document"])  # type: ignore[arg-type]
+        if mask:
+            found.append({"funnel": funnel.key, "event_id": r["event_id"], "customer_id": r["customer_id"],
+                          "at": epoch(r["at"]), "stages": mask, "channel": r["channel"]})  # type: ignore[arg-type]
+    return found
+
+
+async def _record_traits(session: AsyncSession, identified: list[tuple[str, Interaction]], dialect: str) -> None:
+    """Latest-wins traits per customer, for breakdowns by `traits.<name>`."""
+    if not identified:
+        return
+    customers = sorted({c for c, _ in identified})
+    held = {r.customer_id: (orjson.loads(r.traits), orjson.loads(r.traits_at))
+            for chunk in chunks(customers)
+            for r in await session.execute(select(traits).where(traits.c.customer_id.in_(chunk)))}
+    merged = dict(held)
+    for customer, e in identified:
+        at = e.occurred_at.isoformat()
+        merged[customer] = merge_traits(merged.get(customer, ({}, {})), (e.traits, {k: at for k in e.traits}))
+    new = [{"customer_id": c, "traits": orjson.dumps(t), "traits_at": orjson.dumps(a)}
+           for c, (t, a) in merged.items() if c not in held]
+    changed = [{"b_id": c, "b_traits": orjson.dumps(t), "b_at": orjson.dumps(a)} for c, (t, a) in merged.items() if c in held]
+    if new:
+        await session.execute(insert_ignoring_conflicts(traits, dialect), new)
+    if changed:
+        await session.execute(update(traits).where(traits.c.customer_id == bindparam("b_id")).values(
+            traits=bindparam("b_traits"), traits_at=bindparam("b_at")), changed)
+
+
+async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
+    """Each customer's counted attempt from their matched events; transitions for stage changes.
+    Returns how many customers changed stage."""
+    changed = 0
+    for chunk in chunks(sorted(customers)):
+        matched: dict[str, list[Matched]] = defaultdict(list)
+        channels: dict[str, str] = {}
+        for r in await session.execute(select(matches.c.customer_id, matches.c.event_id, matches.c.at, matches.c.stages,
+                                              matches.c.channel)
+                                       .where(matches.c.funnel == funnel.key, matches.c.customer_id.in_(chunk))):
+            matched[r.customer_id].append(Matched(r.at, r.event_id, r.stages))
+            channels[r.event_id] = r.channel
+        held = {r.customer_id: r for r in await session.execute(
+            select(attempts).where(attempts.c.funnel == funnel.key, attempts.c.customer_id.in_(chunk)))}
+        new, moved, gone, moves = [], [], [], []
+        for customer in chunk:
+            attempt = counted_attempt(funnel, matched.get(customer, []))
+            before = held.get(customer)
+            if attempt.depth == 0:
+                if before is not None:
+                    gone.append(customer)
+            else:
+                row = _row(funnel, customer, attempt, channels)
+                if before is None:
+                    new.append(row)
+                elif before.event_ids != row["event_ids"]:
+                    moved.append({f"b_{k}": v for k, v in row.items()})
+            if (before.depth if before is not None else 0) != attempt.depth:
+                changed += 1
+                moves += _transitions(funnel, customer, before.depth if before is not None else 0, attempt, now, outbox)
+        if moves:
+            await session.execute(insert(transitions), moves)
+        if new:
+            await session.execute(insert(attempts), new)
+        if moved:
+            columns = ("depth", "times", "event_ids", "first_at", "reached_at", "channel")
+            await session.execute(
+                update(attempts).where(attempts.c.funnel == bindparam("b_funnel"), attempts.c.customer_id == bindparam("b_customer_id"))
+                .values({c: bindparam(f"b_{c}") for c in columns}), moved)
+        if gone:
+            await session.execute(delete(attempts).where(attempts.c.funnel == funnel.key, attempts.c.customer_id.in_(gone)))
+    return changed
+
+
+def _row(funnel: Funnel, customer: str, attempt: Attempt, channels: dict[str, str]) -> dict[str, object]:
+    return {"funnel": funnel.key, "customer_id": customer, "depth": attempt.depth,
+            "times": orjson.dumps(list(attempt.times)).decode(),
+            "event_ids": orjson.dumps([e.event_id for e in attempt.events]).decode(),
+            "first_at": attempt.times[0], "reached_at": attempt.times[-1],
+            "channel": channels.get(attempt.events[0].event_id, "direct")}
+
+
+def _transitions(funnel: Funnel, customer: str, before: int, attempt: Attempt, now: datetime,
+                 outbox: Outbox) -> list[dict[str, object]]:
+    """Forward: one transition per stage newly reached, at that stage's event. Backward (a funnel
+    edited, events erased): one transition to the stage now held, at `now`. Each is published."""
+    stages = [s.key for s in funnel.stages]
+    rows: list[dict[str, object]] = []
+    if attempt.depth > before:
+        for i in range(before, attempt.depth):
+            rows.append({"funnel": funnel.key, "customer_id": customer, "from_stage": stages[i - 1] if i else None,
+                         "to_stage": stages[i], "at": from_epoch(attempt.times[i]), "event_id": attempt.events[i].event_id})
+    else:
+        rows.append({"funnel": funnel.key, "customer_id": customer, "from_stage": stages[before - 1] if before else None,
+                     "to_stage": stages[attempt.depth - 1] if attempt.depth else None, "at": now, "event_id": None})
+    for r in rows:
+        outbox.publish(FunnelStageChanged(customer_id=customer, funnel=funnel.key, from_stage=r["from_stage"],  # type: ignore[arg-type]
+                                          to_stage=r["to_stage"], at=r["at"], event_id=r["event_id"]))  # type: ignore[arg-type]
+    return rows
+
+
+async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: Outbox) -> int:
+    """A new or edited funnel: its matches again from the retained events, every attempt recounted."""
+    await session.execute(delete(matches).where(matches.c.funnel == funnel.key))
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    touched: set[str] = set()
+    query = select(events.c.event_id, events.c.customer_id, events.c.type, events.c.name, events.c.document,
+                   events.c.channel, events.c.at)
+    rows = [{**r._mapping, "document": orjson.loads(r.document)} for r in await session.execute(query)]
+    for start in range(0, len(rows), 5000):
+        found = _matches(funnel, rows[start:start + 5000])
+        if found:
+            await session.execute(insert_ignoring_conflicts(matches, dialect), found)
+            touched |= {m["customer_id"] for m in found}  # type: ignore[misc]
+    held = set((await session.execute(select(attempts.c.customer_id).where(attempts.c.funnel == funnel.key))).scalars())
+    return await recount(session, funnel, sorted(touched | held), now, outbox)
