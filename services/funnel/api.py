@@ -7,14 +7,18 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Query, Request, Response
+from numpy.typing import NDArray
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.funnel.logic import LIFECYCLE, Counted, Funnel, parse_funnel, report
+from services.funnel.logic import LIFECYCLE, Funnel, parse_funnel, report
+from services.funnel.report_index import FunnelIndex
 from services.funnel.store import (
     attempts,
+    funnel_versions,
     funnels,
     links,
     matches,
@@ -68,7 +72,7 @@ async def _funnel(session: AsyncSession, key: str) -> Funnel:
 
 
 async def _summary(session: AsyncSession, funnel: Funnel) -> dict[str, Any]:
-    rows = (await session.execute(select(attempts.c.depth, func.count()).where(attempts.c.funnel == funnel.key)
+    rows = (await session.execute(select(attempts.c.depth, func.count()).where(attempts.c.funnel == funnel.key, attempts.c.depth > 0)
                                   .group_by(attempts.c.depth))).tuples().all()
     at_stage = dict(rows)
     return {**funnel.to_json(), "built_in": funnel.key == LIFECYCLE.key,
@@ -129,11 +133,12 @@ async def delete_funnel(request: Request, key: str, _: AdminDep) -> Response:
     now = _runtime(request).clock.now()
     async with _changing(request) as (session, outbox):
         funnel = await _funnel(session, key)
-        held = (await session.execute(select(attempts.c.customer_id, attempts.c.depth).where(attempts.c.funnel == key))).all()
+        held = (await session.execute(select(attempts.c.customer_id, attempts.c.depth).where(
+            attempts.c.funnel == key, attempts.c.depth > 0))).all()
         for customer, depth in held:
             outbox.publish(FunnelStageChanged(customer_id=customer, funnel=key, from_stage=funnel.stages[depth - 1].key,
                                               to_stage=None, at=now))
-        for table in (matches, attempts, transitions):
+        for table in (matches, attempts, transitions, funnel_versions):
             await session.execute(delete(table).where(table.c.funnel == key))
         await session.execute(delete(funnels).where(funnels.c.key == key))
     return Response(status_code=204)
@@ -166,43 +171,44 @@ async def funnel_report(
                        details=[{"loc": "breakdown"}])
     async with runtime.store.read() as session:
         funnel = await _funnel(session, key)
-        rows = (await session.execute(select(attempts.c.customer_id, attempts.c.times, attempts.c.channel).where(
-            attempts.c.funnel == key, attempts.c.first_at >= epoch(start), attempts.c.first_at < epoch(end)))).all()
-        groups = await _groups(session, breakdown, rows) if breakdown else {}
-    counted = [Counted(tuple(orjson.loads(r.times)), groups.get(r.customer_id)) for r in rows]
-    body: dict[str, Any] = {"funnel": key, "from": to_iso(start), "to": to_iso(end), "customers": len(counted),
-                            **report(funnel, counted, epoch(now))}
-    if breakdown:
-        by_value: dict[bytes, list[Counted]] = defaultdict(list)
-        for c in counted:
-            by_value[orjson.dumps(c.group, option=orjson.OPT_SORT_KEYS)].append(c)
+        index = await request.app.state.report_indexes.current(session, funnel)
+        cohort = index.cohort(epoch(start), epoch(end)).nonzero()[0]
+        groups = await _groups(session, breakdown, index, cohort) if breakdown else None
+
+    def report_of(rows: NDArray[np.int64]) -> dict[str, Any]:
+        return {"customers": len(rows), **report(funnel, index.depth[rows], index.first_at[rows], index.last_at[rows],
+                                                 index.gaps[rows], epoch(now))}
+
+    body: dict[str, Any] = {"funnel": key, "from": to_iso(start), "to": to_iso(end), **report_of(cohort)}
+    if groups is not None:
+        by_value: dict[bytes, list[int]] = defaultdict(list)
+        for row, value in zip(cohort.tolist(), groups, strict=True):
+            by_value[orjson.dumps(value, option=orjson.OPT_SORT_KEYS)].append(row)
         ordered = sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0]))
         body["breakdown_by"] = breakdown
-        body["breakdown"] = [{"value": orjson.loads(value), "customers": len(members), **report(funnel, members, epoch(now))}
-                             for value, members in ordered]
+        body["breakdown"] = [{"value": orjson.loads(value), **report_of(np.array(rows, dtype=np.int64))}
+                             for value, rows in ordered]
     return body
 
 
-async def _groups(session: AsyncSession, breakdown: str, rows: list[Any]) -> dict[str, Any]:
-    """customer -> breakdown value (None when the customer has none)."""
+async def _groups(session: AsyncSession, breakdown: str, index: FunnelIndex, cohort: NDArray[np.int64]) -> list[Any]:
+    """The breakdown value of each cohort row (None when the customer has none)."""
     if breakdown == "channel":
-        return {r.customer_id: r.channel for r in rows}
-    customers = [r.customer_id for r in rows]
+        return [index.channels[i] for i in cohort.tolist()]
+    customers = [index.ids[i] for i in cohort.tolist()]
     found: dict[str, Any] = {}
     for chunk in chunks(customers):
         if breakdown.startswith("segment:"):
-            segment = breakdown.removeprefix("segment:")
-            found |= {c: bool(m) for c, m in await session.execute(select(segment_members.c.customer_id, segment_members.c.member)
-                                                                 .where(segment_members.c.segment == segment,
-                                                                        segment_members.c.customer_id.in_(chunk)))}
+            query = select(segment_members.c.customer_id, segment_members.c.member).where(
+                segment_members.c.segment == breakdown.removeprefix("segment:"), segment_members.c.customer_id.in_(chunk))
+            found |= {c: bool(member) for c, member in await session.execute(query)}
         else:
             path = breakdown.removeprefix("traits.")
             for c, blob in await session.execute(select(traits.c.customer_id, traits.c.traits).where(traits.c.customer_id.in_(chunk))):
                 value = lookup(orjson.loads(blob), path)
                 found[c] = None if value is MISSING else value
-    if breakdown.startswith("segment:"):
-        return {c: found.get(c, False) for c in customers}
-    return found
+    default = False if breakdown.startswith("segment:") else None
+    return [found.get(c, default) for c in customers]
 
 
 @router.get("/api/funnels/{key}/customers/{customer_id}")
@@ -211,7 +217,8 @@ async def funnel_customer(request: Request, key: str, customer_id: str, _: Reade
     async with _runtime(request).store.read() as session:
         funnel = await _funnel(session, key)
         customer = (await canonical_ids(session, links, [customer_id])).get(customer_id, customer_id)
-        row = (await session.execute(select(attempts).where(attempts.c.funnel == key, attempts.c.customer_id == customer))).first()
+        row = (await session.execute(select(attempts).where(attempts.c.funnel == key, attempts.c.customer_id == customer,
+                                                            attempts.c.depth > 0))).first()
         moves = (await session.execute(select(transitions).where(transitions.c.funnel == key, transitions.c.customer_id == customer)
                                        .order_by(transitions.c.id))).all()
     if row is None and not moves:

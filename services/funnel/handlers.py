@@ -8,7 +8,6 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.store import (
-    attempts,
     erasures,
     events,
     links,
@@ -17,7 +16,7 @@ from services.funnel.store import (
     traits,
     transitions,
 )
-from services.funnel.tracking import Pending, definitions, record, recount
+from services.funnel.tracking import Pending, definitions, record, recount, remove_attempts
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, Interaction, SegmentChanged
 from shared.identity import canonical_ids, merge_traits
@@ -57,7 +56,7 @@ def make_handlers(retention_days: float) -> Handlers:
         await session.execute(insert_ignoring_conflicts(links, dialect).values(alias_id=merged, customer_id=customer))
         for table in (events, matches, transitions):
             await session.execute(update(table).where(table.c.customer_id == merged).values(customer_id=customer))
-        await session.execute(delete(attempts).where(attempts.c.customer_id == merged))
+        await remove_attempts(session, [merged])
         await _merge_traits(session, merged, customer)
         for funnel in await definitions(session):
             pending(tx).dirty[funnel.key].add(customer)
@@ -68,7 +67,8 @@ def make_handlers(retention_days: float) -> Handlers:
         everyone = [event.customer_id, *event.merged_ids]
         everyone += list((await tx.session.execute(
             select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
-        for table in (events, matches, attempts, transitions, segment_members, traits, links):
+        await remove_attempts(tx.session, everyone)  # markers without data; the cleanup deletes them
+        for table in (events, matches, transitions, segment_members, traits, links):
             await tx.session.execute(delete(table).where(table.c.customer_id.in_(everyone)))
         await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
         await tx.session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))

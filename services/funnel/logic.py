@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from shared.rules import PROPERTIES, Rule, RuleError, matches, parse, to_json
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
@@ -256,54 +259,36 @@ def _times(path: tuple[Matched, ...]) -> tuple[float, ...]:
 
 # --- reports -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Counted:
-    """A customer's counted attempt, as a report reads it."""
-
-    times: tuple[float, ...]
-    group: Any = None  # the breakdown value
-
-
-def report(funnel: Funnel, attempts: Sequence[Counted], now: float) -> dict[str, Any]:
+def report(funnel: Funnel, depth: NDArray[np.int64], first_at: NDArray[np.float64], last_at: NDArray[np.float64],
+           gaps: NDArray[np.float64], now: float) -> dict[str, Any]:
     """Per stage: entered, conversion from the previous stage, drop-off, in progress, median
-    seconds from the previous stage; and the overall conversion."""
+    seconds from the previous stage; and the overall conversion. One row per customer of the
+    cohort: the stages reached (`depth`), t1, the time of the last stage reached, and the seconds
+    between consecutive stages (`gaps[:, i]` = t(i) - t(i-1), NaN beyond the depth)."""
     k = len(funnel.stages)
-    window = funnel.conversion_window_days * DAY
-    entered = [0] * k
-    in_progress = [0] * k
-    gaps: list[list[float]] = [[] for _ in range(k)]
-    for a in attempts:
-        depth = len(a.times)
-        for i in range(depth):
-            entered[i] += 1
-            if i:
-                gaps[i].append(a.times[i] - a.times[i - 1])
-        if 0 < depth < k and _open(funnel.stages[depth], a.times, window, now):
-            in_progress[depth] += 1
+    entered = [int(np.count_nonzero(depth > i)) for i in range(k)]
+    window_open = now <= first_at + funnel.conversion_window_days * DAY
     stages = []
     for i, stage in enumerate(funnel.stages):
         previous = entered[i - 1] if i else None
+        in_progress = 0
+        if i:
+            # Stopped at the previous stage, and both the funnel's and this stage's windows still open.
+            waiting = (depth == i) & window_open
+            if stage.max_days_from_previous is not None:
+                waiting &= now <= last_at + stage.max_days_from_previous * DAY
+            in_progress = int(np.count_nonzero(waiting))
         stages.append({
             "stage": stage.key,
             "entered": entered[i],
             "converted_from_previous_rate": entered[i] / previous if previous else None,
-            "drop_off": previous - entered[i] - in_progress[i] if previous is not None else 0,
-            "in_progress": in_progress[i],
-            "median_seconds_from_previous": median(gaps[i]) if i else None,
+            "drop_off": previous - entered[i] - in_progress if previous is not None else 0,
+            "in_progress": in_progress,
+            "median_seconds_from_previous": median(gaps[depth > i, i]) if i else None,
         })
     return {"stages": stages, "overall_conversion_rate": entered[-1] / entered[0] if entered[0] else None}
 
 
-def _open(next_stage: Stage, times: tuple[float, ...], window: float, now: float) -> bool:
-    """Can this attempt still reach `next_stage`? Its window (and the stage's own) not yet over."""
-    if now > times[0] + window:
-        return False
-    return next_stage.max_days_from_previous is None or now <= times[-1] + next_stage.max_days_from_previous * DAY
-
-
-def median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+def median(values: NDArray[np.float64]) -> float | None:
+    """The middle value; the mean of the two middle ones for an even count; None for none."""
+    return float(np.median(values)) if len(values) else None

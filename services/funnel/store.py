@@ -2,7 +2,7 @@
 attempt per funnel, and the transitions."""
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, String, Table, Text
 
 from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
 
@@ -47,7 +47,9 @@ matches = Table(
 )
 
 # Each customer's counted attempt per funnel: the stage reached and the times and events of each
-# stage, kept current with every matched event; reports read only this.
+# stage, kept current with every matched event; reports read only this. `version` says which
+# recount wrote the row (see funnel_versions); depth 0 marks a customer removed from the funnel
+# (merged away, erased) until the hourly cleanup deletes the row.
 attempts = Table(
     "attempts",
     metadata,
@@ -59,8 +61,22 @@ attempts = Table(
     Column("first_at", Float, nullable=False),  # t1: the cohort
     Column("reached_at", Float, nullable=False),  # when the current stage was reached
     Column("channel", String(50), nullable=False),  # of the first step's event
+    Column("version", BigInteger, nullable=False),
     Index("ix_attempts_funnel_first_at", "funnel", "first_at"),
     Index("ix_attempts_funnel_depth_reached", "funnel", "depth", "reached_at"),
+    Index("ix_attempts_funnel_version", "funnel", "version"),
+)
+
+# Per funnel: `version` goes up with every transaction that writes attempts (the row is locked
+# until that transaction commits, so versions become visible in order), and `generation` changes
+# when rows are deleted: a report index reads only the rows above the version it holds, and
+# reloads everything when the generation moved.
+funnel_versions = Table(
+    "funnel_versions",
+    metadata,
+    Column("funnel", String(100), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
 )
 
 transitions = Table(

@@ -7,6 +7,7 @@ only on the set of matched events, so late and repeated events give what in-orde
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from services.funnel.store import (
     attempts,
     erasures,
     events,
+    funnel_versions,
     funnels,
     links,
     matches,
@@ -121,10 +123,37 @@ async def _record_traits(session: AsyncSession, identified: list[tuple[str, Inte
             traits=bindparam("b_traits"), traits_at=bindparam("b_at")), changed)
 
 
+async def next_version(session: AsyncSession, funnel: str) -> int:
+    """The version this transaction's attempt rows get; locks the funnel's row until commit (so
+    versions become visible in order, see store.funnel_versions)."""
+    result = await session.execute(update(funnel_versions).where(funnel_versions.c.funnel == funnel)
+                                   .values(version=funnel_versions.c.version + 1).returning(funnel_versions.c.version))
+    version = result.scalar()
+    if version is None:
+        dialect = session.bind.dialect.name if session.bind else "sqlite"
+        await session.execute(insert_ignoring_conflicts(funnel_versions, dialect).values(
+            funnel=funnel, version=1, generation=time.time_ns()))
+        return await next_version(session, funnel)
+    return int(version)
+
+
+async def remove_attempts(session: AsyncSession, customers: list[str], funnel_keys: list[str] | None = None) -> None:
+    """Customers leave funnels (merged away, erased): their rows become removal markers (depth 0,
+    no times, no events) that report indexes apply like any change; the cleanup deletes them."""
+    held = (await session.execute(select(attempts.c.funnel).where(attempts.c.customer_id.in_(customers), attempts.c.depth > 0)
+                                  .distinct())).scalars().all()
+    for funnel in held if funnel_keys is None else [f for f in held if f in funnel_keys]:
+        version = await next_version(session, funnel)
+        await session.execute(update(attempts).where(attempts.c.funnel == funnel, attempts.c.customer_id.in_(customers))
+                              .values(depth=0, times="[]", event_ids="[]", first_at=0.0, reached_at=0.0, channel="",
+                                      version=version))
+
+
 async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
     """Each customer's counted attempt from their matched events; transitions for stage changes.
     Returns how many customers changed stage."""
     changed = 0
+    version = await next_version(session, funnel.key)
     for chunk in chunks(sorted(customers)):
         matched: dict[str, list[Matched]] = defaultdict(list)
         channels: dict[str, str] = {}
@@ -140,10 +169,10 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
             attempt = counted_attempt(funnel, matched.get(customer, []))
             before = held.get(customer)
             if attempt.depth == 0:
-                if before is not None:
+                if before is not None and before.depth > 0:
                     gone.append(customer)
             else:
-                row = _row(funnel, customer, attempt, channels)
+                row = {**_row(funnel, customer, attempt, channels), "version": version}
                 if before is None:
                     new.append(row)
                 elif before.event_ids != row["event_ids"]:
@@ -156,12 +185,12 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
         if new:
             await session.execute(insert(attempts), new)
         if moved:
-            columns = ("depth", "times", "event_ids", "first_at", "reached_at", "channel")
+            columns = ("depth", "times", "event_ids", "first_at", "reached_at", "channel", "version")
             await session.execute(
                 update(attempts).where(attempts.c.funnel == bindparam("b_funnel"), attempts.c.customer_id == bindparam("b_customer_id"))
                 .values({c: bindparam(f"b_{c}") for c in columns}), moved)
         if gone:
-            await session.execute(delete(attempts).where(attempts.c.funnel == funnel.key, attempts.c.customer_id.in_(gone)))
+            await remove_attempts(session, gone, [funnel.key])
     return changed
 
 
@@ -207,3 +236,15 @@ async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: 
             touched |= {m["customer_id"] for m in found}  # type: ignore[misc]
     held = set((await session.execute(select(attempts.c.customer_id).where(attempts.c.funnel == funnel.key))).scalars())
     return await recount(session, funnel, sorted(touched | held), now, outbox)
+
+
+async def clean_up(session: AsyncSession, now: datetime, retention_days: float) -> None:
+    """Hourly: removal markers are deleted (report indexes of those funnels reload: their
+    generation moves), and the slim events older than the retention go. Matches stay: they are
+    the state attempts are counted from."""
+    marked = (await session.execute(select(attempts.c.funnel).where(attempts.c.depth == 0).distinct())).scalars().all()
+    if marked:
+        await session.execute(delete(attempts).where(attempts.c.depth == 0))
+        await session.execute(update(funnel_versions).where(funnel_versions.c.funnel.in_(marked))
+                              .values(generation=time.time_ns()))
+    await session.execute(delete(events).where(events.c.at < now - timedelta(days=retention_days)))

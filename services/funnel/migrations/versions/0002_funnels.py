@@ -23,11 +23,13 @@ def upgrade() -> None:
     sa.Column('first_at', sa.Float(), nullable=False),
     sa.Column('reached_at', sa.Float(), nullable=False),
     sa.Column('channel', sa.String(length=50), nullable=False),
+    sa.Column('version', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('funnel', 'customer_id', name=op.f('pk_attempts'))
     )
     with op.batch_alter_table('attempts', schema=None) as batch_op:
         batch_op.create_index('ix_attempts_funnel_depth_reached', ['funnel', 'depth', 'reached_at'], unique=False)
         batch_op.create_index('ix_attempts_funnel_first_at', ['funnel', 'first_at'], unique=False)
+        batch_op.create_index('ix_attempts_funnel_version', ['funnel', 'version'], unique=False)
 
     op.create_table('erasures',
     sa.Column('customer_id', sa.String(length=200), nullable=False),
@@ -48,6 +50,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_events_at'), ['at'], unique=False)
         batch_op.create_index('ix_events_customer_at', ['customer_id', 'at'], unique=False)
 
+    op.create_table('funnel_versions',
+    sa.Column('funnel', sa.String(length=100), nullable=False),
+    sa.Column('version', sa.BigInteger(), nullable=False),
+    sa.Column('generation', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('funnel', name=op.f('pk_funnel_versions'))
+    )
     op.create_table('funnels',
     sa.Column('key', sa.String(length=100), nullable=False),
     sa.Column('definition', sa.Text(), nullable=False),
@@ -129,6 +137,7 @@ def downgrade() -> None:
 
     op.drop_table('links')
     op.drop_table('funnels')
+    op.drop_table('funnel_versions')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index('ix_events_customer_at')
         batch_op.drop_index(batch_op.f('ix_events_at'))
@@ -136,6 +145,7 @@ def downgrade() -> None:
     op.drop_table('events')
     op.drop_table('erasures')
     with op.batch_alter_table('attempts', schema=None) as batch_op:
+        batch_op.drop_index('ix_attempts_funnel_version')
         batch_op.drop_index('ix_attempts_funnel_first_at')
         batch_op.drop_index('ix_attempts_funnel_depth_reached')
 
