@@ -16,7 +16,7 @@ import random
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import duckdb
 import httpx

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -39,7 +39,7 @@ class Transaction:
     handler, in the same transaction, before it commits. `state` holds what it needs."""
 
     session: AsyncSession
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
     outbox: Outbox = field(default_factory=Outbox)
     state: dict[str, Any] = field(default_factory=dict)
     deferred: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
@@ -77,7 +77,7 @@ class ConsumerLoop:
         relay: OutboxRelay,
         max_attempts: int = 5,
         group: str | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.service = service
         self.bus = bus

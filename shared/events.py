@@ -7,7 +7,7 @@ the same every time the same fact is published, so consumers can drop redeliveri
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -147,7 +147,7 @@ def record(event_type: type[Event], key: str, dedupe_key: str, value: bytes) -> 
 
 def to_iso(at: datetime) -> str:
     """The contract's time format: UTC with a `Z`, as pydantic writes it."""
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def decode(record: Record) -> Event:

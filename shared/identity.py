@@ -2,7 +2,7 @@
 (customers.v1 links), erasure tombstones, and traits where the latest identify wins.
 
 Each service keeps its own `links` (alias_id -> customer_id) and `erasures` (customer_id, at)
-tables; these helpers take them as arguments.
+tables (`add_identity_tables`); these helpers take them as arguments.
 """
 from __future__ import annotations
 
@@ -10,12 +10,45 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Column, MetaData, String, Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.events import Interaction
+from shared.events import CustomerErased, Interaction
+from shared.store import UTCDateTime
 
 CHUNK = 5000  # bounded IN lists (SQLite caps bound parameters per statement)
+
+
+def add_identity_tables(metadata: MetaData) -> tuple[Table, Table]:
+    """`links`: ids merged into a customer (from customers.v1), so their late events land on the
+    customer. `erasures`: erased ids and when, holding nothing else about the person."""
+    links = Table(
+        "links",
+        metadata,
+        Column("alias_id", String(200), primary_key=True),
+        Column("customer_id", String(200), nullable=False, index=True),
+    )
+    erasures = Table(
+        "erasures",
+        metadata,
+        Column("customer_id", String(200), primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+    )
+    return links, erasures
+
+
+async def erase(session: AsyncSession, links: Table, erasures: Table, event: CustomerErased,
+                tables: Iterable[Table]) -> list[str]:
+    """Delete every row of `tables` about the customer, under any of their ids, and remember the
+    erasure so events from before it that arrive later do not bring them back. Returns the ids."""
+    everyone = [event.customer_id, *event.merged_ids]
+    everyone += list((await session.execute(select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
+    for table in (*tables, links):
+        await session.execute(delete(table).where(table.c.customer_id.in_(everyone)))
+    await session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
+    await session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))
+    await session.execute(insert(erasures), [{"customer_id": c, "at": event.at} for c in sorted(set(everyone))])
+    return everyone
 
 
 def chunks(items: list[str], size: int = CHUNK) -> list[list[str]]:

@@ -87,7 +87,7 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

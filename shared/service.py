@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import resolve_credentials
 from shared.bus import Bus, create_bus
@@ -25,7 +26,7 @@ from shared.clock import Clock
 from shared.consumer import ConsumerLoop, Handlers
 from shared.errors import install_error_handlers
 from shared.observability import RequestContextMiddleware
-from shared.outbox import OutboxRelay
+from shared.outbox import Outbox, OutboxRelay, write_outbox
 from shared.settings import ServiceSettings
 from shared.store import BusTables, Store
 
@@ -62,6 +63,16 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # Set at shutdown: workers and periodic jobs finish what they hold and return.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[tuple[AsyncSession, Outbox]]:
+        """A write transaction outside the consumer (an API call, a scheduled job): events put in
+        the outbox are written with it and relayed once it commits."""
+        outbox = Outbox()
+        async with self.store.transaction() as session:
+            yield session, outbox
+            await write_outbox(session, self.tables, outbox)
+        self.relay.wake()
 
     def start_tasks(self, parts: ServiceParts) -> None:
         """Start the relay, consumer, workers and periodic jobs (again, after a restart)."""
@@ -175,7 +186,7 @@ async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
     """Sleep `seconds`, or less if stopping; True when stopping."""
     try:
         await asyncio.wait_for(stopping.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return stopping.is_set()
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -31,7 +29,6 @@ from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import FunnelStageChanged, to_iso
 from shared.identity import canonical_ids, chunks
-from shared.outbox import Outbox, write_outbox
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.rules import MISSING, RuleError, lookup
 from shared.service import Runtime
@@ -51,17 +48,6 @@ def _parse(raw: dict[str, Any], key: str | None = None) -> Funnel:
     except RuleError as err:
         raise ApiError(422, f"Bad funnel at {err.where}: {err.message}.", "invalid_funnel",
                        [{"loc": err.where, "msg": err.message}]) from None
-
-
-@asynccontextmanager
-async def _changing(request: Request) -> AsyncIterator[tuple[AsyncSession, Outbox]]:
-    """A write transaction whose stage changes are published once it commits."""
-    runtime = _runtime(request)
-    outbox = Outbox()
-    async with runtime.store.transaction() as session:
-        yield session, outbox
-        await write_outbox(session, runtime.tables, outbox)
-    runtime.relay.wake()
 
 
 async def _funnel(session: AsyncSession, key: str) -> Funnel:
@@ -91,7 +77,7 @@ async def create_funnel(request: Request, body: FunnelBody, _: AdminDep) -> dict
     """A funnel, built at once from the retained events (so the answer already counts customers)."""
     funnel = _parse(body)
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         if await definitions(session, [funnel.key]):
             raise ApiError(409, f"A funnel {funnel.key!r} already exists; PUT /api/funnels/{funnel.key} changes it.")
         await session.execute(insert(funnels).values(key=funnel.key, definition=orjson.dumps(funnel.to_json()).decode(),
@@ -114,7 +100,7 @@ async def update_funnel(request: Request, key: str, body: FunnelBody, _: AdminDe
         raise ApiError(422, f"The body's key {body['key']!r} differs from the path's {key!r}.", details=[{"loc": "key"}])
     funnel = _parse(body, key)
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         await _funnel(session, key)
         definition = orjson.dumps(funnel.to_json()).decode()
         if (await session.execute(update(funnels).where(funnels.c.key == key).values(
@@ -131,7 +117,7 @@ async def delete_funnel(request: Request, key: str, _: AdminDep) -> Response:
     if key == LIFECYCLE.key:
         raise ApiError(409, "The default 'lifecycle' funnel is always present; PUT changes it.")
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         funnel = await _funnel(session, key)
         held = (await session.execute(select(attempts.c.customer_id, attempts.c.depth).where(
             attempts.c.funnel == key, attempts.c.depth > 0))).all()

@@ -19,7 +19,7 @@ from services.funnel.store import (
 from services.funnel.tracking import Pending, definitions, record, recount, remove_attempts
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, Interaction, SegmentChanged
-from shared.identity import canonical_ids, merge_traits
+from shared.identity import canonical_ids, erase, merge_traits
 from shared.store import insert_ignoring_conflicts
 
 
@@ -65,14 +65,9 @@ def make_handlers(retention_days: float) -> Handlers:
     async def on_erased(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerErased)
         everyone = [event.customer_id, *event.merged_ids]
-        everyone += list((await tx.session.execute(
-            select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
+        everyone += list((await tx.session.execute(select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
         await remove_attempts(tx.session, everyone)  # markers without data; the cleanup deletes them
-        for table in (events, matches, transitions, segment_members, traits, links):
-            await tx.session.execute(delete(table).where(table.c.customer_id.in_(everyone)))
-        await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
-        await tx.session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))
-        await tx.session.execute(insert(erasures), [{"customer_id": c, "at": event.at} for c in set(everyone)])
+        everyone = await erase(tx.session, links, erasures, event, (events, matches, transitions, segment_members, traits))
         for dirty in pending(tx).dirty.values():
             dirty.difference_update(everyone)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, String, Table, Text
 
+from shared.identity import add_identity_tables
 from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
 
 metadata = make_metadata()
@@ -94,18 +95,7 @@ transitions = Table(
 
 # From customers.v1 and segments.v1: merged ids, erasures, current segment memberships and traits
 # (for breakdowns by segment and by trait).
-links = Table(
-    "links",
-    metadata,
-    Column("alias_id", String(200), primary_key=True),
-    Column("customer_id", String(200), nullable=False, index=True),
-)
-erasures = Table(
-    "erasures",
-    metadata,
-    Column("customer_id", String(200), primary_key=True),
-    Column("at", UTCDateTime, nullable=False),
-)
+links, erasures = add_identity_tables(metadata)
 segment_members = Table(
     "segment_members",
     metadata,

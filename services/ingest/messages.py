@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -167,7 +167,7 @@ def parse_time(value: Any, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise Invalid(f"'{name}' {value[:40]!r} is not an ISO-8601 time") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def json_type(value: Any) -> str:

@@ -45,7 +45,7 @@ class Pipeline:
         while not runtime.stopping.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

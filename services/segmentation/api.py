@@ -1,8 +1,6 @@
 """The segmentation HTTP API: customer profiles and segments (API.md section 3)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -23,7 +21,6 @@ from services.segmentation.store import history, memberships, profiles, segment_
 from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import to_iso
-from shared.outbox import Outbox, write_outbox
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.rules import Rule, RuleError, evaluate, explain, to_json
 from shared.service import Runtime
@@ -146,17 +143,6 @@ def _rule(request: Request, raw: Any) -> Rule:
                        [{"loc": err.where, "msg": err.message}]) from None
 
 
-@asynccontextmanager
-async def _changing(request: Request) -> AsyncIterator[tuple[AsyncSession, Outbox]]:
-    """A write transaction whose segment changes are published once it commits."""
-    runtime = _runtime(request)
-    outbox = Outbox()
-    async with runtime.store.transaction() as session:
-        yield session, outbox
-        await write_outbox(session, runtime.tables, outbox)
-    runtime.relay.wake()
-
-
 @router.post("/api/segments", status_code=201, response_model=SegmentSummary)
 async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> SegmentSummary:
     """A custom segment; every customer is evaluated before the answer, so `member_count` is
@@ -168,7 +154,7 @@ async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> Segm
                             "or digit (no ':', which built-in keys use).", details=[{"loc": "key"}])
     rule = _rule(request, body.rule)
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         if await _definition(session, body.key):
             raise ApiError(409, f"A segment {body.key!r} already exists; PUT /api/segments/{body.key} changes it.")
         definition = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
@@ -197,7 +183,7 @@ async def update_segment(request: Request, key: str, body: SegmentUpdate, _: Adm
     match exit, with the conditions that failed as the reason."""
     rule = _rule(request, body.rule)
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         old = await _custom(session, key)
         definition = Definition(key, body.name or old.name, old.description if body.description is None else body.description,
                                 rule, to_json(rule), old.created_at, now)
@@ -213,7 +199,7 @@ async def update_segment(request: Request, key: str, body: SegmentUpdate, _: Adm
 async def delete_segment(request: Request, key: str, _: AdminDep) -> Response:
     """Members exit (recorded and published, reason "segment deleted"); the definition goes."""
     now = _runtime(request).clock.now()
-    async with _changing(request) as (session, outbox):
+    async with _runtime(request).changing() as (session, outbox):
         await _custom(session, key)
         await apply(session, [], (key,), now, outbox, everyone=True, exit_reason=lambda *_: "segment deleted")
         await session.execute(delete(segment_definitions).where(segment_definitions.c.key == key))

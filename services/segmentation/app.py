@@ -10,7 +10,6 @@ from services.segmentation.schedule import reevaluate
 from services.segmentation.settings import SegmentationSettings
 from services.segmentation.store import bus_tables
 from shared.bus import Bus
-from shared.outbox import Outbox, write_outbox
 from shared.service import Runtime, ServiceParts, create_service_app
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -18,12 +17,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def reevaluate_now(runtime: Runtime, settings: SegmentationSettings) -> int:
     """The scheduled pass (time-based segments, value tiers, RFM); returns memberships changed."""
-    outbox = Outbox()
-    async with runtime.store.transaction() as session:
-        changed = await reevaluate(session, runtime.clock.now(), settings.thresholds(), outbox, settings.events_retention_days)
-        await write_outbox(session, runtime.tables, outbox)
-    runtime.relay.wake()
-    return changed
+    async with runtime.changing() as (session, outbox):
+        return await reevaluate(session, runtime.clock.now(), settings.thresholds(), outbox, settings.events_retention_days)
 
 
 def create_app(settings: SegmentationSettings | None = None, bus: Bus | None = None) -> FastAPI:

@@ -29,7 +29,7 @@ from services.segmentation.store import (
 )
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
-from shared.identity import canonical_ids, merge_traits
+from shared.identity import canonical_ids, erase, merge_traits
 from shared.store import insert_ignoring_conflicts
 
 
@@ -97,16 +97,8 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
 
     async def on_erased(event: Event, tx: Transaction) -> None:
         assert isinstance(event, CustomerErased)
-        everyone = [event.customer_id, *event.merged_ids]
-        everyone += list((await tx.session.execute(
-            select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
-        for table in (profiles, orders, memberships, history, links, customer_events, funnel_stages):
-            column = table.c.customer_id
-            await tx.session.execute(delete(table).where(column.in_(everyone)))
-        await tx.session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
-        # Remember the erasure, so events from before it that arrive later do not bring them back.
-        await tx.session.execute(delete(erasures).where(erasures.c.customer_id.in_(everyone)))
-        await tx.session.execute(insert(erasures), [{"customer_id": c, "at": event.at} for c in set(everyone)])
+        await erase(tx.session, links, erasures, event,
+                    (profiles, orders, memberships, history, customer_events, funnel_stages))
 
     return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased],
             FunnelStageChanged: [on_funnel_stage]}

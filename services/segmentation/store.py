@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, LargeBinary, String, Table, Text
 
+from shared.identity import add_identity_tables
 from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
 
 metadata = make_metadata()
@@ -64,13 +65,7 @@ history = Table(
     Index("ix_membership_history_segment_at", "segment", "at"),
 )
 
-# Ids merged into a customer (from customers.v1), so their late events land on the customer.
-links = Table(
-    "links",
-    metadata,
-    Column("alias_id", String(200), primary_key=True),
-    Column("customer_id", String(200), nullable=False, index=True),
-)
+links, erasures = add_identity_tables(metadata)
 
 # When each scheduled job last ran, so a restart resumes where it stopped.
 job_runs = Table(
@@ -78,15 +73,6 @@ job_runs = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("last_run_at", UTCDateTime, nullable=False),
-)
-
-# Erased customers and when: events about them from before that time (late, or replayed) are
-# dropped; later ones start a new customer. Holds ids only, nothing else about the person.
-erasures = Table(
-    "erasures",
-    metadata,
-    Column("customer_id", String(200), primary_key=True),
-    Column("at", UTCDateTime, nullable=False),
 )
 
 # Custom segments (API.md section 3): the rule as the user wrote it (JSON), checked on write.

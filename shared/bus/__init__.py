@@ -1,7 +1,15 @@
 """The bus: `create_bus(settings)` picks the backend the settings name."""
 from __future__ import annotations
 
-from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic, partition_for
+from shared.bus.base import (
+    Bus,
+    Consumer,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    dlq_topic,
+    partition_for,
+)
 from shared.settings import CommonSettings
 
 

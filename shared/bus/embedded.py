@@ -19,9 +19,10 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from shared.bus.base import OutgoingRecord, Record, TopicPartition, partition_for
 
@@ -148,7 +149,7 @@ class EmbeddedBus:
         """Wake on a publish from this process, or after a short poll for other processes."""
         try:
             await asyncio.wait_for(self._published.wait(), min(timeout, CROSS_PROCESS_POLL_SECONDS))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # -- consuming -------------------------------------------------------------------------------
