@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from bench import ingest, segment_preview, segmentation
+from bench import funnel, ingest, segment_preview, segmentation
 
 BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main),
-              ("segment preview", segment_preview.main)]
+              ("segment preview", segment_preview.main), ("funnel", funnel.main)]
 
 
 def main() -> None:
