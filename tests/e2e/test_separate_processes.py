@@ -1,5 +1,6 @@
 """The scale layout on one machine: each service its own process, its own PostgreSQL database,
-the gateway proxying over HTTP, on the embedded bus and on Kafka (Tansu)."""
+the gateway proxying over HTTP, on the embedded bus and on Kafka (Tansu): events in through the
+gateway, every service's API answering from what it consumed."""
 from __future__ import annotations
 
 import asyncio
@@ -30,30 +31,38 @@ def bus_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
             "BUS_PARTITIONS": "4"}
 
 
+SERVICES = ("ingest", "segmentation", "funnel", "followup")
+
+
 @pytest.fixture
 def deployment(bus_env: dict[str, str], tmp_path: Path, pg_available: bool) -> Iterator[str]:
-    """ingest on PostgreSQL in its own process, the gateway in another; yields the gateway URL."""
+    """Every service in its own process on its own PostgreSQL database, the gateway in another
+    proxying to them over HTTP; yields the gateway URL."""
     if not pg_available:
         pytest.skip("PostgreSQL not reachable")
-    ingest_db = asyncio.run(create_pg_database())
-    ingest_port, gateway_port = free_port(), free_port()
+    databases = {name: asyncio.run(create_pg_database()) for name in SERVICES}
+    ports = {name: free_port() for name in (*SERVICES, "gateway")}
     processes = []
     try:
-        ingest = start_process("services.ingest", {**bus_env, "PORT": str(ingest_port), "DATA_DIR": str(tmp_path),
-                                                   "INGEST_DATABASE_URL": ingest_db}, tmp_path / "ingest.log")
-        processes.append(ingest)
-        wait_until_healthy(f"http://127.0.0.1:{ingest_port}", ingest, tmp_path / "ingest.log")
+        for name in SERVICES:
+            log = tmp_path / f"{name}.log"
+            env = {**bus_env, "PORT": str(ports[name]), "DATA_DIR": str(tmp_path / name),
+                   f"{name.upper()}_DATABASE_URL": databases[name], "SEGMENTATION_REEVALUATE_SECONDS": "1"}
+            processes.append(start_process(f"services.{name}", env, log))
+        for name, process in zip(SERVICES, processes, strict=True):
+            wait_until_healthy(f"http://127.0.0.1:{ports[name]}", process, tmp_path / f"{name}.log")
         gateway = start_process("services.gateway", {
-            **bus_env, "PORT": str(gateway_port), "DATA_DIR": str(tmp_path / "gateway"),
-            "GATEWAY_INGEST_URL": f"http://127.0.0.1:{ingest_port}",
+            **bus_env, "PORT": str(ports["gateway"]), "DATA_DIR": str(tmp_path / "gateway"),
+            **{f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{ports[name]}" for name in SERVICES},
         }, tmp_path / "gateway.log")
         processes.append(gateway)
-        wait_until_healthy(f"http://127.0.0.1:{gateway_port}", gateway, tmp_path / "gateway.log")
-        yield f"http://127.0.0.1:{gateway_port}"
+        wait_until_healthy(f"http://127.0.0.1:{ports['gateway']}", gateway, tmp_path / "gateway.log")
+        yield f"http://127.0.0.1:{ports['gateway']}"
     finally:
         for process in processes:
             stop_process(process)
-        asyncio.run(drop_pg_database(ingest_db))
+        for database in databases.values():
+            asyncio.run(drop_pg_database(database))
 
 
 def poll(fn, timeout: float = 20):  # type: ignore[no-untyped-def]
@@ -113,7 +122,39 @@ class TestIngestAcrossProcesses:
         assert by_id[f"p-{run}"]["channel"] == "search"
         assert by_id[f"o-{run}"]["customer_id"] == "ann"
 
-    def test_gateway_ready_reports_the_remote_service(self, deployment: str):
-        ready = httpx.get(f"{deployment}/ready", timeout=10).json()
-        assert ready["services"]["ingest"]["status"] == "ready"
-        assert ready["services"]["ingest"]["checks"]["store"]["ok"]
+    def test_gateway_ready_reports_every_remote_service(self, deployment: str):
+        def ready() -> dict[str, object]:
+            answer = httpx.get(f"{deployment}/ready", timeout=10)
+            return answer.json() if answer.status_code == 200 else {}
+
+        services = poll(ready, timeout=60)["services"]
+        assert set(services) == set(SERVICES)
+        assert all(s["status"] == "ready" and s["checks"]["store"]["ok"] for s in services.values())
+
+    def test_an_order_reaches_every_service(self, deployment: str):
+        """One customer's events: ingest's timeline, segmentation's profile, the funnel's stage and
+        the welcome follow-up, each from its own process and database, all through the gateway."""
+        run = uuid.uuid4().hex[:8]
+        user = f"lea-{run}"
+        batch = {"batch": [
+            {"type": "page", "userId": user, "name": "Home", "messageId": f"p-{run}"},
+            {"type": "identify", "userId": user, "traits": {"email": "lea@example.com"}, "messageId": f"i-{run}"},
+            {"type": "track", "userId": user, "event": "Product Viewed", "messageId": f"v-{run}"},
+            {"type": "track", "userId": user, "event": "Order Completed", "messageId": f"o-{run}",
+             "properties": {"revenue": 30}},
+        ]}
+        assert httpx.post(f"{deployment}/v1/batch", json=batch, auth=WRITE, timeout=10).json()["accepted"] == 4
+
+        def get(path: str) -> dict[str, object]:
+            answer = httpx.get(f"{deployment}{path}", headers=READER, timeout=10)
+            return answer.json() if answer.status_code == 200 else {}
+
+        profile = poll(lambda: (p := get(f"/api/customers/{user}")) and p.get("order_count") == 1 and p, timeout=60)
+        assert profile["lifecycle"] == "new" and profile["revenue"] == 30
+        stage = poll(lambda: (f := get(f"/api/funnels/lifecycle/customers/{user}")) and f.get("stage") == "purchase" and f,
+                     timeout=60)
+        assert [t["to_stage"] for t in stage["transitions"]] == ["awareness", "interest", "consideration", "purchase"]
+        followups = poll(lambda: get(f"/api/followups?customer_id={user}").get("items"), timeout=60)
+        assert {f["policy"] for f in followups} >= {"welcome_new"}
+        report = get("/api/funnels/lifecycle/report")
+        assert report["stages"][3]["entered"] >= 1
