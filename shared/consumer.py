@@ -21,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic
 from shared.events import Event, UndecodableRecord, decode, message_id
-from shared.metrics import BUS_DLQ, BUS_LAG, BUS_PROCESSED
+from shared.metrics import BUS_DLQ, BUS_DLQ_SIZE, BUS_LAG, BUS_PROCESSED
 from shared.outage import raise_if_outage
 from shared.outbox import Outbox, OutboxRelay, write_outbox
 from shared.store import BusTables, Store
 
 log = logging.getLogger("funnelstream.consumer")
+DLQ_SIZE_GROUP = "funnelstream-dlq-size"  # never commits
 
 
 @dataclass
@@ -192,6 +193,12 @@ class ConsumerLoop:
         try:
             for (topic, partition), lag in (await self.bus.lag(self.group, self.topics)).items():
                 BUS_LAG.labels(self.service, self.group, topic, str(partition)).set(lag)
+            # A group that never commits lags by the whole topic: the dead letter topics' sizes.
+            sizes: dict[str, int] = {}
+            for (topic, _), records in (await self.bus.lag(DLQ_SIZE_GROUP, [dlq_topic(t) for t in self.topics])).items():
+                sizes[topic] = sizes.get(topic, 0) + records
+            for topic, records in sizes.items():
+                BUS_DLQ_SIZE.labels(self.service, topic).set(records)
         except Exception:
             log.debug("could not read consumer lag", exc_info=True)
 

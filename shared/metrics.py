@@ -15,6 +15,9 @@ BUS_PROCESSED = Counter(
 BUS_DLQ = Counter(
     "funnelstream_bus_dead_letters_total", "Messages sent to a dead letter topic", ["service", "topic"]
 )
+BUS_DLQ_SIZE = Gauge(
+    "funnelstream_bus_dead_letter_records", "Records waiting in a dead letter topic (<topic>.dlq)", ["service", "topic"]
+)
 BUS_LAG = Gauge(
     "funnelstream_bus_consumer_lag", "Records not yet committed by a consumer group",
     ["service", "group", "topic", "partition"],

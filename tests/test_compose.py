@@ -1,4 +1,5 @@
-"""docker-compose.yml stays true to the settings classes (issue 7 extends this to every setting)."""
+"""docker-compose.yml stays true to the settings classes: every variable it sets is a setting, and
+every setting reaches its containers (a setting added without wiring it into compose fails here)."""
 from __future__ import annotations
 
 import yaml
@@ -8,6 +9,8 @@ from tests.helpers import ROOT
 
 # Variables that are not settings: which process the image runs, and the database's own.
 NOT_SETTINGS = {"SERVICE", "POSTGRES_PASSWORD"}
+# Settings of the embedded mode only: in containers the stores are PostgreSQL and the bus Kafka.
+EMBEDDED_ONLY = {"DATA_DIR", "BUS_PATH"}
 
 
 def compose() -> dict:  # type: ignore[type-arg]
@@ -37,3 +40,10 @@ def test_each_service_container_runs_its_own_service_with_its_own_database():
     gateway = services["gateway"]["environment"]
     assert {gateway[f"GATEWAY_{n.upper()}_URL"] for n in ("ingest", "segmentation", "funnel", "followup")} == {
         f"http://{n}:8080" for n in ("ingest", "segmentation", "funnel", "followup")}
+
+
+def test_every_setting_of_a_service_is_wired_into_its_containers():
+    services = compose()["services"]
+    for name in ("gateway", "ingest", "segmentation", "funnel", "followup"):
+        missing = known_variables(name) - set(services[name]["environment"]) - EMBEDDED_ONLY
+        assert not missing, f"{name}: settings docker-compose.yml does not pass to the container: {sorted(missing)}"
