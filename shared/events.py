@@ -109,9 +109,13 @@ class FunnelStageChanged(Event):
     to_stage: str | None
     at: datetime
     event_id: str | None = None  # the interaction that caused the move
+    # Sorts as the funnel service recorded the moves (a move back after a funnel edit, then forward
+    # again, keeps the stage's event time as `at`): keep the latest by this, not by `at`.
+    order: str | None = None
 
     def dedupe_key(self) -> str:
-        return stable_id("funnel", self.customer_id, self.funnel, self.from_stage, self.to_stage, self.at.isoformat())
+        return stable_id("funnel", self.customer_id, self.funnel, self.from_stage, self.to_stage, self.at.isoformat(),
+                         self.order or "")
 
 
 class FollowupChanged(Event):

@@ -88,3 +88,11 @@ def merge_traits(
         if name not in traits_at or theirs[1][name] >= traits_at[name]:
             traits[name], traits_at[name] = value, theirs[1][name]
     return traits, traits_at
+
+
+def later_move(order: str | None, at: datetime, held_seq: str | None, held_at: datetime) -> bool:
+    """Is a funnel move (FunnelStageChanged `order`, `at`) at least as recent as the one held?
+    By the order the funnel service recorded them when both have one, else by time."""
+    if order is not None and held_seq is not None:
+        return order >= held_seq
+    return at >= held_at

@@ -39,4 +39,8 @@ def decode_cursor(cursor: str | None, *types: type) -> list[Any] | None:
 
 
 def _is(value: Any, kind: type) -> bool:
-    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is int:  # a 64-bit store id, never a bool
+        return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e15
+    return isinstance(value, kind)

@@ -28,6 +28,7 @@ from services.followup.store import followups, policies
 from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import to_iso
+from shared.params import time_window, utc
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.rules import RuleError
 from shared.service import Runtime
@@ -45,12 +46,6 @@ def _runtime(request: Request) -> Runtime:
 def _grace(request: Request) -> timedelta:
     settings: FollowupSettings = request.app.state.settings
     return timedelta(hours=settings.grace_hours)
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ApiError(422, f"'{name}' needs a UTC offset, e.g. 2024-05-01T00:00:00Z.", details=[{"loc": name}])
-    return value
 
 
 # --- policies ------------------------------------------------------------------------------------
@@ -191,10 +186,7 @@ async def followup_stats(
     became overdue), done late, overdue now, open (pending or due)."""
     runtime = _runtime(request)
     now, grace = runtime.clock.now(), _grace(request)
-    end = _aware(to, "to") or now
-    start = _aware(from_, "from") or end - timedelta(days=30)
-    if start >= end:
-        raise ApiError(422, "'from' must be before 'to'.")
+    start, end = time_window(from_, to, now)
     async with runtime.store.read() as session:
         rows = (await session.execute(select(followups.c.assignee, followups.c.channel, followups.c.status, followups.c.due_at,
                                              followups.c.completed_at)
@@ -233,7 +225,7 @@ async def list_followups(
     if customer_id:
         query = query.where(followups.c.customer_id == customer_id)
     if due_before:
-        query = query.where(followups.c.due_at < _aware(due_before, "due_before"))
+        query = query.where(followups.c.due_at < utc(due_before, "due_before"))
     if after:
         at = datetime.fromisoformat(after[0])
         query = query.where((followups.c.due_at > at) | ((followups.c.due_at == at) & (followups.c.id > after[1])))
@@ -250,7 +242,7 @@ async def create_followup(request: Request, body: ManualFollowup, _: AdminDep) -
     runtime = _runtime(request)
     now = runtime.clock.now()
     values = body.model_dump()
-    values["due_at"] = _aware(body.due_at, "due_at")
+    values["due_at"] = utc(body.due_at, "due_at")
     async with runtime.changing() as (session, outbox):
         followup_id = await create_manual(session, values, now, outbox)
         return await _followup(session, followup_id, request)
@@ -284,7 +276,7 @@ async def complete_followup(request: Request, followup_id: str, body: Complete, 
     its cadence from now) while the customer still qualifies. The answer carries `next`."""
     runtime = _runtime(request)
     now = runtime.clock.now()
-    next_due = _aware(body.next_due_at, "next_due_at")
+    next_due = utc(body.next_due_at, "next_due_at")
     async with runtime.changing() as (session, outbox):
         await _open(session, followup_id, request)
         await close(session, followups.c.id == followup_id, "done", now, outbox, None, outcome=body.outcome, note=body.note)
@@ -298,7 +290,7 @@ async def complete_followup(request: Request, followup_id: str, body: Complete, 
 async def snooze_followup(request: Request, followup_id: str, body: Snooze, _: AdminDep) -> dict[str, Any]:
     """Due again at `until` (pending until then)."""
     runtime = _runtime(request)
-    until = _aware(body.until, "until")
+    until = utc(body.until, "until")
     async with runtime.changing() as (session, outbox):
         await _open(session, followup_id, request)
         await session.execute(update(followups).where(followups.c.id == followup_id).values(due_at=until, status="pending"))

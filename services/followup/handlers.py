@@ -17,7 +17,7 @@ from services.followup.followups import cancel_for, close, create, current_polic
 from services.followup.store import deliveries, erasures, followups, links, memberships, stages
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, SegmentChanged
-from shared.identity import erase
+from shared.identity import erase, later_move
 from shared.store import insert_ignoring_conflicts
 
 
@@ -61,13 +61,14 @@ async def on_stage_changed(event: Event, tx: Transaction) -> None:
         return
     customer = event.customer_id  # the funnel service publishes canonical ids
     key = (stages.c.customer_id == customer, stages.c.funnel == event.funnel)
-    held = (await session.execute(select(stages.c.stage, stages.c.since).where(*key))).first()
-    if held is not None and event.at < held.since:
-        return  # late: a newer stage is held
+    held = (await session.execute(select(stages.c.stage, stages.c.since, stages.c.seq).where(*key))).first()
+    if held is not None and not later_move(event.order, event.at, held.seq, held.since):
+        return  # late: a newer move is held
     if held is None:
-        await session.execute(insert(stages).values(customer_id=customer, funnel=event.funnel, stage=event.to_stage, since=event.at))
+        await session.execute(insert(stages).values(customer_id=customer, funnel=event.funnel, stage=event.to_stage,
+                                                    since=event.at, seq=event.order))
     else:
-        await session.execute(update(stages).where(*key).values(stage=event.to_stage, since=event.at))
+        await session.execute(update(stages).where(*key).values(stage=event.to_stage, since=event.at, seq=event.order))
     policies = await current_policies(session)
     # A customer who moved on is no longer stalled where they were; a cancelling stage closes too.
     cancelled = [k for k, v in policies.items()

@@ -3,13 +3,12 @@ default policies. Pure: no I/O, no clock."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from shared.keys import checked_key, checked_name
 from shared.rules import RuleError
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
 CHANNELS = ("phone", "email", "sms", "meeting", "chat", "task")
 PRIORITIES = ("low", "normal", "high", "urgent")
 TRIGGERS = ("segment_entered", "stage_entered", "stage_stalled")
@@ -79,12 +78,8 @@ def parse_policy(raw: Any, key: str | None = None) -> Policy:
                "apply_to_open"}
     if extra := sorted(set(raw) - allowed):
         raise RuleError("body", f"unexpected key(s) {', '.join(map(repr, extra))}")
-    key = key if key is not None else raw.get("key")
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise RuleError("key", "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
-    name = raw.get("name", key)
-    if not isinstance(name, str) or not 0 < len(name) <= 200:
-        raise RuleError("name", "a name of 1-200 characters")
+    key = checked_key(key if key is not None else raw.get("key"), "key")
+    name = checked_name(raw.get("name", key), "name")
     channel = raw.get("channel", "task")
     if channel not in CHANNELS:
         raise RuleError("channel", f"one of {', '.join(CHANNELS)}")

@@ -66,6 +66,7 @@ stages = Table(
     Column("funnel", String(100), primary_key=True),
     Column("stage", String(100)),
     Column("since", UTCDateTime, nullable=False),
+    Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
     Index("ix_stages_funnel_stage_since", "funnel", "stage", "since"),
 )
 

@@ -1,6 +1,7 @@
 """The funnel HTTP API (API.md section 4): definitions, reports, customers, stages, transitions."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -24,11 +25,12 @@ from services.funnel.store import (
     traits,
     transitions,
 )
-from services.funnel.tracking import definitions, epoch, from_epoch, rebuild
+from services.funnel.tracking import Version, definitions, epoch, from_epoch, rebuild
 from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import FunnelStageChanged, to_iso
 from shared.identity import canonical_ids, chunks
+from shared.params import time_window, utc
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.rules import MISSING, RuleError, lookup
 from shared.service import Runtime
@@ -121,19 +123,14 @@ async def delete_funnel(request: Request, key: str, _: AdminDep) -> Response:
         funnel = await _funnel(session, key)
         held = (await session.execute(select(attempts.c.customer_id, attempts.c.depth).where(
             attempts.c.funnel == key, attempts.c.depth > 0))).all()
+        last = Version(time.time_ns(), 0).order(0)  # after every move of this funnel so far
         for customer, depth in held:
             outbox.publish(FunnelStageChanged(customer_id=customer, funnel=key, from_stage=funnel.stages[depth - 1].key,
-                                              to_stage=None, at=now))
+                                              to_stage=None, at=now, order=last))
         for table in (matches, attempts, transitions, funnel_versions):
             await session.execute(delete(table).where(table.c.funnel == key))
         await session.execute(delete(funnels).where(funnels.c.key == key))
     return Response(status_code=204)
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ApiError(422, f"'{name}' needs a UTC offset, e.g. 2024-05-01T00:00:00Z.")
-    return value
 
 
 @router.get("/api/funnels/{key}/report")
@@ -147,10 +144,7 @@ async def funnel_report(
     from the previous stage; overall conversion. From the maintained attempts, never raw events."""
     runtime = _runtime(request)
     now = runtime.clock.now()
-    end = _aware(to, "to") or now
-    start = _aware(from_, "from") or end - timedelta(days=30)
-    if start >= end:
-        raise ApiError(422, "'from' must be before 'to'.")
+    start, end = time_window(from_, to, now)
     if breakdown is not None and not (breakdown == "channel" or (breakdown.startswith("segment:") and len(breakdown) > 8)
                                       or (breakdown.startswith("traits.") and len(breakdown) > 7)):
         raise ApiError(422, f"Unknown breakdown {breakdown!r}: use channel, segment:<key> or traits.<name>.",
@@ -228,7 +222,7 @@ def _transition(m: Any) -> dict[str, Any]:
 @router.get("/api/funnels/{key}/stages/{stage}/customers", response_model=Page[dict[str, Any]])
 async def stage_customers(
     request: Request, key: str, stage: str, _: ReaderDep,
-    stalled_days: Annotated[float | None, Query(ge=0, description="Only customers who reached the stage at least this many days ago.")] = None,
+    stalled_days: Annotated[float | None, Query(ge=0, le=36500, description="Only customers who reached the stage at least this many days ago.")] = None,
     limit: Limit = 50, cursor: Cursor = None,
 ) -> Page[dict[str, Any]]:
     """Who is at this stage now (their furthest), longest there first; with `stalled_days`, only
@@ -268,7 +262,7 @@ async def funnel_transitions(
         await _funnel(session, key)
         query = select(transitions).where(transitions.c.funnel == key).order_by(transitions.c.id).limit(limit + 1)
         if since is not None:
-            query = query.where(transitions.c.at >= _aware(since, "since"))
+            query = query.where(transitions.c.at >= utc(since, "since"))
         if after:
             query = query.where(transitions.c.id > after[0])
         rows = (await session.execute(query)).all()

@@ -54,8 +54,11 @@ def make_handlers(retention_days: float) -> Handlers:
         dialect = session.bind.dialect.name if session.bind else "sqlite"
         await session.execute(update(links).where(links.c.customer_id == merged).values(customer_id=customer))
         await session.execute(insert_ignoring_conflicts(links, dialect).values(alias_id=merged, customer_id=customer))
-        for table in (events, matches, transitions):
+        for table in (events, matches):
             await session.execute(update(table).where(table.c.customer_id == merged).values(customer_id=customer))
+        # One customer, one path: the recount records the merged path's stages for the customer
+        # (those it had not reached yet); the merged id's own transitions end with it.
+        await session.execute(delete(transitions).where(transitions.c.customer_id == merged))
         await remove_attempts(session, [merged])
         await _merge_traits(session, merged, customer)
         for funnel in await definitions(session):

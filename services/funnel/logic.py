@@ -10,7 +10,6 @@ events, never on their arrival order, so late and repeated events change nothing
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.keys import checked_key, checked_name
 from shared.rules import PROPERTIES, Rule, RuleError, matches, parse, to_json
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 MAX_STAGES = 20
 DAY = 86400.0
@@ -97,12 +96,8 @@ def parse_funnel(raw: Any, key: str | None = None) -> Funnel:
     """A funnel definition from JSON, or a RuleError naming the bad part (`stages[2].match.event`)."""
     if not isinstance(raw, dict):
         raise RuleError("body", "a funnel is a JSON object")
-    key = key if key is not None else raw.get("key")
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise RuleError("key", "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
-    name = raw.get("name", key)
-    if not isinstance(name, str) or not 0 < len(name) <= 200:
-        raise RuleError("name", "a name of 1-200 characters")
+    key = checked_key(key if key is not None else raw.get("key"), "key")
+    name = checked_name(raw.get("name", key), "name")
     window = raw.get("conversion_window_days")
     if not _positive(window):
         raise RuleError("conversion_window_days", "a number of days above 0")
@@ -121,12 +116,8 @@ def _stage(raw: Any, where: str, first: bool) -> Stage:
         raise RuleError(where, "a stage is a JSON object {key, name, match, max_days_from_previous?}")
     if extra := sorted(set(raw) - {"key", "name", "match", "max_days_from_previous"}):
         raise RuleError(where, f"unexpected key(s) {', '.join(map(repr, extra))}")
-    key = raw.get("key")
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise RuleError(f"{where}.key", "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
-    name = raw.get("name", key)
-    if not isinstance(name, str) or not 0 < len(name) <= 200:
-        raise RuleError(f"{where}.name", "a name of 1-200 characters")
+    key = checked_key(raw.get("key"), f"{where}.key")
+    name = checked_name(raw.get("name", key), f"{where}.name")
     sla = raw.get("max_days_from_previous")
     if sla is not None and (first or not _positive(sla)):
         raise RuleError(f"{where}.max_days_from_previous",

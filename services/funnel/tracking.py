@@ -76,14 +76,15 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
     canonical = await canonical_ids(session, links, {e.customer_id for e in batch})
     dialect = session.bind.dialect.name if session.bind else "sqlite"
     oldest = now - timedelta(days=retention_days)
+    kept = [e for e in batch if e.occurred_at > oldest]
     rows = [{"event_id": e.event_id, "customer_id": canonical.get(e.customer_id, e.customer_id), "type": e.type,
              "name": e.name, "document": event_document(e.properties, e.traits, e.context), "channel": e.channel,
-             "at": e.occurred_at} for e in batch if e.occurred_at > oldest]
+             "at": e.occurred_at} for e in kept]
     if not rows:
         return
     await session.execute(insert_ignoring_conflicts(events, dialect),
                           [{**r, "document": orjson.dumps(r["document"])} for r in rows])
-    await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, batch, strict=False) if e.traits], dialect)
+    await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, kept, strict=True) if e.traits], dialect)
     for funnel in await definitions(session):
         matched = _matches(funnel, rows)
         if matched:
@@ -123,18 +124,30 @@ async def _record_traits(session: AsyncSession, identified: list[tuple[str, Inte
             traits=bindparam("b_traits"), traits_at=bindparam("b_at")), changed)
 
 
-async def next_version(session: AsyncSession, funnel: str) -> int:
+@dataclass(frozen=True)
+class Version:
+    generation: int
+    number: int
+
+    def order(self, i: int) -> str:
+        """Sorts as the transitions were recorded, across edits, cleanups and re-creations of the
+        funnel (funnel.v1 consumers keep the latest by it, not by the stage's event time)."""
+        return f"{self.generation:020d}.{self.number:012d}.{i:03d}"
+
+
+async def next_version(session: AsyncSession, funnel: str) -> Version:
     """The version this transaction's attempt rows get; locks the funnel's row until commit (so
     versions become visible in order, see store.funnel_versions)."""
     result = await session.execute(update(funnel_versions).where(funnel_versions.c.funnel == funnel)
-                                   .values(version=funnel_versions.c.version + 1).returning(funnel_versions.c.version))
-    version = result.scalar()
-    if version is None:
+                                   .values(version=funnel_versions.c.version + 1)
+                                   .returning(funnel_versions.c.generation, funnel_versions.c.version))
+    row = result.first()
+    if row is None:
         dialect = session.bind.dialect.name if session.bind else "sqlite"
         await session.execute(insert_ignoring_conflicts(funnel_versions, dialect).values(
-            funnel=funnel, version=1, generation=time.time_ns()))
+            funnel=funnel, version=0, generation=time.time_ns()))
         return await next_version(session, funnel)
-    return int(version)
+    return Version(int(row.generation), int(row.version))
 
 
 async def remove_attempts(session: AsyncSession, customers: list[str], funnel_keys: list[str] | None = None) -> None:
@@ -146,7 +159,7 @@ async def remove_attempts(session: AsyncSession, customers: list[str], funnel_ke
         version = await next_version(session, funnel)
         await session.execute(update(attempts).where(attempts.c.funnel == funnel, attempts.c.customer_id.in_(customers))
                               .values(depth=0, times="[]", event_ids="[]", first_at=0.0, reached_at=0.0, channel="",
-                                      version=version))
+                                      version=version.number))
 
 
 async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
@@ -172,14 +185,15 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
                 if before is not None and before.depth > 0:
                     gone.append(customer)
             else:
-                row = {**_row(funnel, customer, attempt, channels), "version": version}
+                row = {**_row(funnel, customer, attempt, channels), "version": version.number}
                 if before is None:
                     new.append(row)
                 elif before.event_ids != row["event_ids"]:
                     moved.append({f"b_{k}": v for k, v in row.items()})
             if (before.depth if before is not None else 0) != attempt.depth:
                 changed += 1
-                moves += _transitions(funnel, customer, before.depth if before is not None else 0, attempt, now, outbox)
+                moves += _transitions(funnel, customer, before.depth if before is not None else 0, attempt, now, outbox,
+                                      version)
         if moves:
             await session.execute(insert(transitions), moves)
         if new:
@@ -203,7 +217,7 @@ def _row(funnel: Funnel, customer: str, attempt: Attempt, channels: dict[str, st
 
 
 def _transitions(funnel: Funnel, customer: str, before: int, attempt: Attempt, now: datetime,
-                 outbox: Outbox) -> list[dict[str, object]]:
+                 outbox: Outbox, version: Version) -> list[dict[str, object]]:
     """Forward: one transition per stage newly reached, at that stage's event. Backward (a funnel
     edited, events erased): one transition to the stage now held, at `now`. Each is published."""
     stages = [s.key for s in funnel.stages]
@@ -215,9 +229,10 @@ def _transitions(funnel: Funnel, customer: str, before: int, attempt: Attempt, n
     else:
         rows.append({"funnel": funnel.key, "customer_id": customer, "from_stage": stages[before - 1] if before else None,
                      "to_stage": stages[attempt.depth - 1] if attempt.depth else None, "at": now, "event_id": None})
-    for r in rows:
+    for i, r in enumerate(rows):
         outbox.publish(FunnelStageChanged(customer_id=customer, funnel=funnel.key, from_stage=r["from_stage"],  # type: ignore[arg-type]
-                                          to_stage=r["to_stage"], at=r["at"], event_id=r["event_id"]))  # type: ignore[arg-type]
+                                          to_stage=r["to_stage"], at=r["at"], event_id=r["event_id"],  # type: ignore[arg-type]
+                                          order=version.order(i)))
     return rows
 
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.custom import KEY_PATTERN, Definition, definitions, evaluate_custom
+from services.segmentation.custom import Definition, definitions, evaluate_custom
+from shared.keys import KEY_PATTERN
 from services.segmentation.evaluation import apply, days_between
 from services.segmentation.facts import load_facts
 from services.segmentation.handlers import canonical
@@ -21,6 +22,7 @@ from services.segmentation.store import history, memberships, profiles, segment_
 from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.events import to_iso
+from shared.params import time_window
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from shared.rules import Rule, RuleError, evaluate, explain, to_json
 from shared.service import Runtime
@@ -149,7 +151,7 @@ async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> Segm
     already right."""
     if body.key in builtin_segments():
         raise ApiError(409, f"{body.key!r} is a built-in segment; pick another key (custom keys have no ':').")
-    if not KEY_PATTERN.fullmatch(body.key):
+    if not KEY_PATTERN.fullmatch(body.key):  # no ':', so a custom key never shadows a built-in one
         raise ApiError(422, f"Bad key {body.key!r}: 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                             "or digit (no ':', which built-in keys use).", details=[{"loc": "key"}])
     rule = _rule(request, body.rule)
@@ -276,11 +278,10 @@ async def segment_size(
 ) -> dict[str, Any]:
     """Member count at the end of each interval in [from, to), from the recorded history
     (default: the last 30 days)."""
-    end = _aware(to, "to") or _runtime(request).clock.now()
-    start = _aware(from_, "from") or end - timedelta(days=30)
+    start, end = time_window(from_, to, _runtime(request).clock.now())
     step = INTERVALS[interval]
-    if start >= end or (end - start) / step > MAX_POINTS:
-        raise ApiError(422, f"'from' must be before 'to', with at most {MAX_POINTS} {interval}s between them.")
+    if (end - start) / step > MAX_POINTS:
+        raise ApiError(422, f"At most {MAX_POINTS} {interval}s between 'from' and 'to'.")
     async with _runtime(request).store.read() as session:
         await _known(session, key)
         size = await _size_at(session, key, start)
@@ -303,9 +304,3 @@ async def _size_at(session: Any, key: str, at: datetime) -> int:
         history.c.segment == key, history.c.at < at).group_by(history.c.change))
     counts = dict(rows.all())
     return int(counts.get("entered", 0)) - int(counts.get("exited", 0))
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ApiError(422, f"'{name}' needs a UTC offset, e.g. 2024-05-01T00:00:00Z.")
-    return value

@@ -7,7 +7,6 @@ customers the pass touched and those whose counted events left a behaviour's win
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,8 +22,6 @@ from services.segmentation.store import customer_events, segment_definitions
 from shared.outbox import Outbox
 from shared.rules import Rule, behaviours, evaluate, explain, fields, summary
 
-# No colon: built-in keys all have one (`lifecycle:new`), so a custom key never shadows one.
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # used with fullmatch
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from services.segmentation.store import (
 )
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
-from shared.identity import canonical_ids, erase, merge_traits
+from shared.identity import canonical_ids, erase, later_move, merge_traits
 from shared.store import insert_ignoring_conflicts
 
 
@@ -79,18 +79,19 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
         evaluate(event.customer_id, tx)
 
     async def on_funnel_stage(event: Event, tx: Transaction) -> None:
-        """The customer's latest stage per funnel (by `at`, so late moves do not win)."""
+        """The customer's latest stage per funnel (latest recorded move, so late ones do not win)."""
         assert isinstance(event, FunnelStageChanged)
         if await _erased_before(tx.session, event.at, event.customer_id):
             return
         customer = await canonical(tx.session, event.customer_id)
         key = (funnel_stages.c.customer_id == customer, funnel_stages.c.funnel == event.funnel)
-        held = await tx.session.scalar(select(funnel_stages.c.at).where(*key))
+        held = (await tx.session.execute(select(funnel_stages.c.at, funnel_stages.c.seq).where(*key))).first()
         if held is None:
             await tx.session.execute(insert(funnel_stages).values(
-                customer_id=customer, funnel=event.funnel, stage=event.to_stage, at=event.at))
-        elif event.at >= held:
-            await tx.session.execute(update(funnel_stages).where(*key).values(stage=event.to_stage, at=event.at))
+                customer_id=customer, funnel=event.funnel, stage=event.to_stage, at=event.at, seq=event.order))
+        elif later_move(event.order, event.at, held.seq, held.at):
+            await tx.session.execute(update(funnel_stages).where(*key).values(stage=event.to_stage, at=event.at,
+                                                                                 seq=event.order))
         else:
             return
         evaluate(customer, tx)

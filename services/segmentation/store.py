@@ -110,4 +110,5 @@ funnel_stages = Table(
     Column("funnel", String(100), primary_key=True),
     Column("stage", String(100)),
     Column("at", UTCDateTime, nullable=False),
+    Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
 )

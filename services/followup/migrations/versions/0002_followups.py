@@ -92,6 +92,7 @@ def upgrade() -> None:
     sa.Column('funnel', sa.String(length=100), nullable=False),
     sa.Column('stage', sa.String(length=100), nullable=True),
     sa.Column('since', shared.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('seq', sa.String(length=40), nullable=True),
     sa.PrimaryKeyConstraint('customer_id', 'funnel', name=op.f('pk_stages'))
     )
     with op.batch_alter_table('stages', schema=None) as batch_op:

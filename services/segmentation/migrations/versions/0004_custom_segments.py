@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("funnel", sa.String(100), nullable=False),
         sa.Column("stage", sa.String(100)),
         sa.Column("at", UTCDateTime, nullable=False),
+        sa.Column("seq", sa.String(40)),
         sa.PrimaryKeyConstraint("customer_id", "funnel", name=op.f("pk_funnel_stages")),
     )
 

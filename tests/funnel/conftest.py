@@ -1,0 +1,57 @@
+"""Funnels as their users meet them: the whole gateway in-process, a fresh DATA_DIR per test, one
+clock for ingest, segmentation and funnel, fixed and moved by the test.
+
+Modules that depend on SQL override `funnel_db_url` with `store_url`, so they run on SQLite and
+on PostgreSQL.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.clock import FixedClock
+from tests.funnel.support import T0, Funnels
+from tests.helpers import running
+
+
+@pytest.fixture
+def funnel_db_url() -> str | None:
+    """The funnel store: None is the default, SQLite in DATA_DIR."""
+    return None
+
+
+@pytest.fixture
+def gateway_app(data_dir: Path, funnel_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    if funnel_db_url:
+        monkeypatch.setenv("FUNNEL_DATABASE_URL", funnel_db_url)
+    # Scheduled passes run only when a test calls them (time is the test's to move).
+    monkeypatch.setenv("SEGMENTATION_REEVALUATE_SECONDS", "86400")
+    monkeypatch.setenv("FUNNEL_CLEANUP_SECONDS", "86400")
+    return create_app(GatewaySettings())
+
+
+@pytest.fixture
+def clock(gateway_app: FastAPI) -> FixedClock:
+    """One clock for ingest (receivedAt), segmentation (days since the last order) and funnel
+    (windows still open, days in a stage)."""
+    fixed = FixedClock(T0)
+    for name in ("ingest", "segmentation", "funnel"):
+        gateway_app.state.upstreams[name].app.state.runtime.clock = fixed
+    return fixed
+
+
+@pytest.fixture
+async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(gateway_app) as client:
+        yield client
+
+
+@pytest.fixture
+def funnels(gateway_app: FastAPI, client: httpx.AsyncClient, clock: FixedClock) -> Funnels:
+    return Funnels(gateway_app, client, clock)
