@@ -119,14 +119,14 @@ async def update_policy(request: Request, key: str, body: PolicyBody, _: AdminDe
         version = await _write_version(session, key, policy.to_json(), now)
         is_open = and_(followups.c.policy == key, followups.c.status.in_(OPEN))
         if apply_to_open == "cancel":
-            await close(session, is_open, "cancelled", now, outbox, f"policy {key} changed (version {version})")
+            await close(session, is_open, "cancelled", now, outbox, _grace(request), f"policy {key} changed (version {version})")
         elif apply_to_open == "reschedule":
             shift = timedelta(hours=policy.due_in_hours - old.policy.due_in_hours)
             for row in (await session.execute(select(followups.c.id, followups.c.due_at).where(is_open))).all():
                 await session.execute(update(followups).where(followups.c.id == row.id).values(
                     due_at=row.due_at + shift, status="pending", channel=policy.channel, priority=policy.priority,
                     assignee=policy.assignee, policy_version=version))
-                await publish(session, row.id, "snoozed", now, outbox)
+                await publish(session, row.id, "snoozed", now, outbox, _grace(request))
         return await _policy_json(session, key)
 
 
@@ -142,7 +142,7 @@ async def delete_policy(request: Request, key: str, _: AdminDep) -> Response:
         if old is None:
             raise ApiError(404, f"No policy {key!r}.")
         await _write_version(session, key, old.policy.to_json(), now, deleted=True)
-        await close(session, and_(followups.c.policy == key), "cancelled", now, outbox, f"policy {key} deleted")
+        await close(session, and_(followups.c.policy == key), "cancelled", now, outbox, _grace(request), f"policy {key} deleted")
     return Response(status_code=204)
 
 
@@ -227,13 +227,23 @@ async def list_followups(
     if due_before:
         query = query.where(followups.c.due_at < utc(due_before, "due_before"))
     if after:
-        at = datetime.fromisoformat(after[0])
+        at = _cursor_time(after[0])
         query = query.where((followups.c.due_at > at) | ((followups.c.due_at == at) & (followups.c.id > after[1])))
     async with runtime.store.read() as session:
         rows = (await session.execute(query)).all()
     last = rows[limit - 1] if len(rows) > limit else None
     return Page(items=[as_json(r, now, grace) for r in rows[:limit]],
                 next_cursor=encode_cursor(last.due_at.isoformat(), last.id) if last else None)
+
+
+def _cursor_time(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
+    return at
 
 
 @router.post("/api/followups", status_code=201)
@@ -244,7 +254,7 @@ async def create_followup(request: Request, body: ManualFollowup, _: AdminDep) -
     values = body.model_dump()
     values["due_at"] = utc(body.due_at, "due_at")
     async with runtime.changing() as (session, outbox):
-        followup_id = await create_manual(session, values, now, outbox)
+        followup_id = await create_manual(session, values, now, outbox, _grace(request))
         return await _followup(session, followup_id, request)
 
 
@@ -279,8 +289,9 @@ async def complete_followup(request: Request, followup_id: str, body: Complete, 
     next_due = utc(body.next_due_at, "next_due_at")
     async with runtime.changing() as (session, outbox):
         await _open(session, followup_id, request)
-        await close(session, followups.c.id == followup_id, "done", now, outbox, None, outcome=body.outcome, note=body.note)
-        following = await next_of(session, followup_id, now, now, outbox, next_due)
+        await close(session, followups.c.id == followup_id, "done", now, outbox, _grace(request), None,
+                    outcome=body.outcome, note=body.note)
+        following = await next_of(session, followup_id, now, now, outbox, _grace(request), next_due)
         answer = await _followup(session, followup_id, request)
         answer["next"] = await _followup(session, following, request) if following else None
         return answer
@@ -303,7 +314,7 @@ async def cancel_followup(request: Request, followup_id: str, body: Cancel, _: A
     runtime = _runtime(request)
     async with runtime.changing() as (session, outbox):
         row = await _open(session, followup_id, request)
-        await close(session, followups.c.id == row.id, "cancelled", runtime.clock.now(), outbox, body.reason)
+        await close(session, followups.c.id == row.id, "cancelled", runtime.clock.now(), outbox, _grace(request), body.reason)
         return await _followup(session, followup_id, request)
 
 

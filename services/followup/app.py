@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from services.followup.api import router
 from services.followup.followups import sweep
-from services.followup.handlers import HANDLERS
+from services.followup.handlers import make_handlers
 from services.followup.settings import FollowupSettings
 from services.followup.store import bus_tables
 from services.followup.webhooks import send_due
@@ -45,7 +45,7 @@ def create_app(settings: FollowupSettings | None = None, bus: Bus | None = None)
         tables=bus_tables,
         migrations=MIGRATIONS,
         routers=[router],
-        handlers=HANDLERS,
+        handlers=make_handlers(timedelta(hours=settings.grace_hours)),
         description="Follow-up policies, schedules, reminders (webhooks), overdue tracking, on-time stats.",
         periodic=[("followup-scheduler", settings.scheduler_seconds, scheduler), ("followup-webhooks", 1.0, sender)],
     )

@@ -64,7 +64,7 @@ def _dialect(session: AsyncSession) -> str:
 
 
 async def create(session: AsyncSession, versioned: Versioned, customer: str, due_at: datetime, reason: str,
-                 trigger_key: str, now: datetime, outbox: Outbox) -> str | None:
+                 trigger_key: str, now: datetime, outbox: Outbox, grace: timedelta) -> str | None:
     """A follow-up under a policy, unless this trigger made one already or one is open for the
     customer under the policy. Returns its id, or None."""
     policy = versioned.policy
@@ -76,28 +76,31 @@ async def create(session: AsyncSession, versioned: Versioned, customer: str, due
     result = await session.execute(insert_ignoring_conflicts(followups, _dialect(session)).values(row))
     if not result.rowcount:  # type: ignore[attr-defined]
         return None
-    await publish(session, followup_id, "created", now, outbox)
+    await publish(session, followup_id, "created", now, outbox, grace)
     return followup_id
 
 
-async def create_manual(session: AsyncSession, values: dict[str, Any], now: datetime, outbox: Outbox) -> str:
+async def create_manual(session: AsyncSession, values: dict[str, Any], now: datetime, outbox: Outbox,
+                        grace: timedelta) -> str:
     followup_id = uuid.uuid4().hex
     await session.execute(insert(followups).values(id=followup_id, status="pending", created_at=now, **values))
-    await publish(session, followup_id, "created", now, outbox)
+    await publish(session, followup_id, "created", now, outbox, grace)
     return followup_id
 
 
 async def publish(session: AsyncSession, followup_id: str, change: str, at: datetime, outbox: Outbox,
-                  grace: timedelta = timedelta(0)) -> dict[str, Any]:
+                  grace: timedelta, status: str | None = None) -> dict[str, Any]:
+    """The follow-up as the API shows it at `at` (or with `status`, the move being published),
+    on followups.v1."""
     row = (await session.execute(select(followups).where(followups.c.id == followup_id))).one()
-    body = as_json(row, at, grace)
+    body = as_json(row, at, grace) | ({"status": status} if status else {})
     outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=followup_id, change=change,  # type: ignore[arg-type]
                                    policy=row.policy, at=at, followup=body))
     return body
 
 
-async def close(session: AsyncSession, where: Any, status: str, now: datetime, outbox: Outbox, reason: str | None = None,
-                **values: Any) -> list[str]:
+async def close(session: AsyncSession, where: Any, status: str, now: datetime, outbox: Outbox, grace: timedelta,
+                reason: str | None = None, **values: Any) -> list[str]:
     """Open follow-ups matching `where` become done or cancelled (final). Returns their ids."""
     ids = list((await session.execute(select(followups.c.id).where(where, followups.c.status.in_(OPEN)))).scalars())
     if ids:
@@ -105,16 +108,16 @@ async def close(session: AsyncSession, where: Any, status: str, now: datetime, o
         await session.execute(update(followups).where(followups.c.id.in_(ids)).values(
             status=status, completed_at=now, open_slot=None, **extra, **values))
         for followup_id in ids:
-            await publish(session, followup_id, "completed" if status == "done" else "cancelled", now, outbox)
+            await publish(session, followup_id, "completed" if status == "done" else "cancelled", now, outbox, grace)
     return ids
 
 
 async def cancel_for(session: AsyncSession, customer: str, policy_keys: list[str], reason: str, now: datetime,
-                     outbox: Outbox) -> list[str]:
+                     outbox: Outbox, grace: timedelta) -> list[str]:
     if not policy_keys:
         return []
     return await close(session, and_(followups.c.customer_id == customer, followups.c.policy.in_(policy_keys)),
-                       "cancelled", now, outbox, reason)
+                       "cancelled", now, outbox, grace, reason)
 
 
 async def still_qualifies(session: AsyncSession, policy: Policy, customer: str) -> bool:
@@ -130,7 +133,7 @@ async def still_qualifies(session: AsyncSession, policy: Policy, customer: str) 
 
 
 async def next_of(session: AsyncSession, followup_id: str, after: datetime, now: datetime, outbox: Outbox,
-                  due_at: datetime | None = None) -> str | None:
+                  grace: timedelta, due_at: datetime | None = None) -> str | None:
     """The next follow-up of a recurring policy, `cadence_days` after `after` (or at `due_at`),
     while the customer still qualifies."""
     row = (await session.execute(select(followups).where(followups.c.id == followup_id))).one()
@@ -142,14 +145,14 @@ async def next_of(session: AsyncSession, followup_id: str, after: datetime, now:
     due = due_at or after + timedelta(days=versioned.policy.cadence_days or 0)
     return await create(session, versioned, row.customer_id, due, f"next of {followup_id} (every "
                         f"{versioned.policy.cadence_days:g} days)" if versioned.policy.cadence_days else f"next of {followup_id}",
-                        f"next|{followup_id}", now, outbox)
+                        f"next|{followup_id}", now, outbox, grace)
 
 
 async def sweep(session: AsyncSession, now: datetime, grace: timedelta, urls: list[str], outbox: Outbox) -> int:
     """The scheduler's pass: stalled customers get their follow-ups, and open follow-ups move to
     due and overdue by the clock, each move published with its webhook reminders. A move is
     written with its reminders in one transaction, so a restart neither misses nor repeats one."""
-    moved = await _stalled(session, now, outbox)
+    moved = await _stalled(session, now, outbox, grace)
     for status, after, time_passed in (("due", ("pending",), followups.c.due_at <= now),
                                        ("overdue", ("pending", "due"), followups.c.due_at <= now - grace)):
         rows = (await session.execute(select(followups.c.id).where(followups.c.status.in_(after), time_passed)
@@ -158,7 +161,7 @@ async def sweep(session: AsyncSession, now: datetime, grace: timedelta, urls: li
             continue
         await session.execute(update(followups).where(followups.c.id.in_(rows)).values(status=status))
         for followup_id in rows:
-            body = await publish(session, followup_id, status, now, outbox, grace)
+            body = await publish(session, followup_id, status, now, outbox, grace, status)
             await _remind(session, followup_id, status, body, urls, now)
         moved += len(rows)
     return moved
@@ -169,13 +172,13 @@ async def _remind(session: AsyncSession, followup_id: str, event: str, body: dic
     if not urls:
         return
     await session.execute(insert_ignoring_conflicts(deliveries, _dialect(session)), [
-        {"id": stable_id("delivery", followup_id, event, url), "followup_id": followup_id, "url": url,
+        {"id": stable_id("delivery", followup_id, event, body["due_at"], url), "followup_id": followup_id, "url": url,
          "event": f"followup.{event}", "body": orjson.dumps({"event": f"followup.{event}", "followup": body}),
          "attempts": 0, "next_attempt_at": now}
         for url in urls])
 
 
-async def _stalled(session: AsyncSession, now: datetime, outbox: Outbox) -> int:
+async def _stalled(session: AsyncSession, now: datetime, outbox: Outbox, grace: timedelta) -> int:
     """Customers sitting in a stage for a stalled policy's days get its follow-up, once per stay."""
     created = 0
     for versioned in (await current_policies(session)).values():
@@ -188,9 +191,9 @@ async def _stalled(session: AsyncSession, now: datetime, outbox: Outbox) -> int:
         for customer, since in sitting:
             stalled_at = since + timedelta(days=trigger.days)
             reason = f"in {trigger.funnel}/{trigger.stage} since {to_iso(since)} ({trigger.days:g}+ days)"
-            key = f"stalled|{versioned.policy.key}|{customer}|{since.isoformat()}"
+            key = stable_id("stalled", versioned.policy.key, customer, since.isoformat())  # ids of any length fit
             if await create(session, versioned, customer, stalled_at + timedelta(hours=versioned.policy.due_in_hours),
-                            reason, key, now, outbox):
+                            reason, key, now, outbox, grace):
                 created += 1
     return created
 

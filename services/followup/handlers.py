@@ -26,7 +26,21 @@ async def _erased(session: AsyncSession, customer: str, at: object) -> bool:
     return erased_at is not None and at <= erased_at  # type: ignore[operator]
 
 
-async def on_segment_changed(event: Event, tx: Transaction) -> None:
+def make_handlers(grace: timedelta) -> Handlers:
+    async def segment_changed(event: Event, tx: Transaction) -> None:
+        await on_segment_changed(event, tx, grace)
+
+    async def stage_changed(event: Event, tx: Transaction) -> None:
+        await on_stage_changed(event, tx, grace)
+
+    async def linked(event: Event, tx: Transaction) -> None:
+        await on_linked(event, tx, grace)
+
+    return {SegmentChanged: [segment_changed], FunnelStageChanged: [stage_changed], CustomerLinked: [linked],
+            CustomerErased: [on_erased]}
+
+
+async def on_segment_changed(event: Event, tx: Transaction, grace: timedelta) -> None:
     assert isinstance(event, SegmentChanged)
     session = tx.session
     if await _erased(session, event.customer_id, event.at):
@@ -48,13 +62,13 @@ async def on_segment_changed(event: Event, tx: Transaction) -> None:
             if trigger.on == "segment_entered" and trigger.segment == event.segment:
                 await create(session, versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
                              f"entered {event.segment}" + (f": {event.reason}" if event.reason else ""),
-                             f"segment|{event.dedupe_key()}|{versioned.policy.key}", tx.now, tx.outbox)
+                             f"segment|{event.dedupe_key()}|{versioned.policy.key}", tx.now, tx.outbox, grace)
     else:
         cancelled = [key for key, v in policies.items() if v.policy.cancelled_by_exit(event.segment)]
-        await cancel_for(session, customer, cancelled, f"left {event.segment}", tx.now, tx.outbox)
+        await cancel_for(session, customer, cancelled, f"left {event.segment}", tx.now, tx.outbox, grace)
 
 
-async def on_stage_changed(event: Event, tx: Transaction) -> None:
+async def on_stage_changed(event: Event, tx: Transaction, grace: timedelta) -> None:
     assert isinstance(event, FunnelStageChanged)
     session = tx.session
     if await _erased(session, event.customer_id, event.at):
@@ -77,7 +91,7 @@ async def on_stage_changed(event: Event, tx: Transaction) -> None:
                      and v.policy.trigger.stage != event.to_stage)]
     if cancelled:
         reason = f"entered {event.funnel}/{event.to_stage}" if event.to_stage else f"left funnel {event.funnel}"
-        await cancel_for(session, customer, cancelled, reason, tx.now, tx.outbox)
+        await cancel_for(session, customer, cancelled, reason, tx.now, tx.outbox, grace)
     if event.to_stage is None:
         return
     for versioned in policies.values():
@@ -85,10 +99,10 @@ async def on_stage_changed(event: Event, tx: Transaction) -> None:
         if trigger.on == "stage_entered" and (trigger.funnel, trigger.stage) == (event.funnel, event.to_stage):
             await create(session, versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
                          f"entered {event.funnel}/{event.to_stage}", f"stage|{event.dedupe_key()}|{versioned.policy.key}",
-                         tx.now, tx.outbox)
+                         tx.now, tx.outbox, grace)
 
 
-async def on_linked(event: Event, tx: Transaction) -> None:
+async def on_linked(event: Event, tx: Transaction, grace: timedelta) -> None:
     """The merged id's follow-ups and state become the customer's; where both had one open under
     the same policy, the merged id's is cancelled (one open per customer and policy)."""
     assert isinstance(event, CustomerLinked)
@@ -98,7 +112,7 @@ async def on_linked(event: Event, tx: Transaction) -> None:
     await session.execute(insert_ignoring_conflicts(links, dialect).values(alias_id=merged, customer_id=customer))
     theirs = select(followups.c.policy).where(followups.c.customer_id == customer, followups.c.open_slot.is_not(None))
     await close(session, and_(followups.c.customer_id == merged, followups.c.policy.in_(theirs)), "cancelled", tx.now,
-                tx.outbox, f"merged into {customer}, who has one open under the same policy")
+                tx.outbox, grace, f"merged into {customer}, who has one open under the same policy")
     opened = await session.execute(select(followups.c.id, followups.c.policy).where(
         followups.c.customer_id == merged, followups.c.open_slot.is_not(None)))
     for followup_id, policy in opened.all():
@@ -119,6 +133,3 @@ async def on_erased(event: Event, tx: Transaction) -> None:
     await session.execute(delete(deliveries).where(deliveries.c.followup_id.in_(theirs)))
     await erase(session, links, erasures, event, (followups, memberships, stages))
 
-
-HANDLERS: Handlers = {SegmentChanged: [on_segment_changed], FunnelStageChanged: [on_stage_changed],
-                      CustomerLinked: [on_linked], CustomerErased: [on_erased]}

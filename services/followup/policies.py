@@ -12,6 +12,7 @@ from shared.rules import RuleError
 CHANNELS = ("phone", "email", "sms", "meeting", "chat", "task")
 PRIORITIES = ("low", "normal", "high", "urgent")
 TRIGGERS = ("segment_entered", "stage_entered", "stage_stalled")
+MAX_DAYS = 36_500  # a century: any longer and due times leave the calendar
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,11 @@ def parse_policy(raw: Any, key: str | None = None) -> Policy:
     if priority not in PRIORITIES:
         raise RuleError("priority", f"one of {', '.join(PRIORITIES)}")
     due = raw.get("due_in_hours", 24)
-    if not _number(due) or due < 0:
-        raise RuleError("due_in_hours", "hours from the trigger to the due time: a number, 0 or more")
+    if not _number(due) or not 0 <= due <= MAX_DAYS * 24:
+        raise RuleError("due_in_hours", f"hours from the trigger to the due time: a number from 0 to {MAX_DAYS * 24}")
     cadence = raw.get("cadence_days")
-    if cadence is not None and (not _number(cadence) or cadence <= 0):
-        raise RuleError("cadence_days", "days between recurring follow-ups: a number above 0, or null")
+    if cadence is not None and (not _number(cadence) or not 0 < cadence <= MAX_DAYS):
+        raise RuleError("cadence_days", f"days between recurring follow-ups: a number above 0 and at most {MAX_DAYS}, or null")
     assignee = raw.get("assignee")
     if assignee is not None and (not isinstance(assignee, str) or not 0 < len(assignee) <= 200):
         raise RuleError("assignee", "who does it: a text of 1-200 characters, or null")
@@ -112,8 +113,8 @@ def _trigger(raw: Any) -> Trigger:
     days = None
     if on == "stage_stalled":
         days = raw.get("days")
-        if not _number(days) or days <= 0:
-            raise RuleError("trigger.days", "days in the stage before it counts as stalled: a number above 0")
+        if not _number(days) or not 0 < days <= MAX_DAYS:
+            raise RuleError("trigger.days", f"days in the stage before it counts as stalled: above 0, at most {MAX_DAYS}")
     return Trigger(on, funnel=funnel, stage=stage, days=days)
 
 
