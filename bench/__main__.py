@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from bench import funnel, ingest, segment_preview, segmentation
+from bench import followup, funnel, ingest, segment_preview, segmentation
 
 BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main),
-              ("segment preview", segment_preview.main), ("funnel", funnel.main)]
+              ("segment preview", segment_preview.main), ("funnel", funnel.main),
+              ("follow-up scheduler", followup.main)]
 
 
 def main() -> None:

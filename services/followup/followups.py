@@ -15,9 +15,11 @@ from services.followup.policies import DEFAULT_POLICIES, Policy, parse_policy
 from services.followup.store import deliveries, followups, memberships, policies, stages
 from shared.events import FollowupChanged, stable_id, to_iso
 from shared.outbox import Outbox
+from shared.identity import chunks
 from shared.store import insert_ignoring_conflicts
 
 OPEN = ("pending", "due", "overdue")
+SWEEP_CHUNK = 20_000  # moves read and written at a time (bounded memory however many fall due)
 FINAL = ("done", "cancelled")
 
 
@@ -151,31 +153,33 @@ async def next_of(session: AsyncSession, followup_id: str, after: datetime, now:
 async def sweep(session: AsyncSession, now: datetime, grace: timedelta, urls: list[str], outbox: Outbox) -> int:
     """The scheduler's pass: stalled customers get their follow-ups, and open follow-ups move to
     due and overdue by the clock, each move published with its webhook reminders. A move is
-    written with its reminders in one transaction, so a restart neither misses nor repeats one."""
+    written with its reminders in one transaction, so a restart neither misses nor repeats one.
+    Moves are found by the (status, due_at) index and written a chunk at a time in bulk."""
     moved = await _stalled(session, now, outbox, grace)
     for status, after, time_passed in (("due", ("pending",), followups.c.due_at <= now),
                                        ("overdue", ("pending", "due"), followups.c.due_at <= now - grace)):
-        rows = (await session.execute(select(followups.c.id).where(followups.c.status.in_(after), time_passed)
-                                      .order_by(followups.c.due_at).limit(10_000))).scalars().all()
-        if not rows:
-            continue
-        await session.execute(update(followups).where(followups.c.id.in_(rows)).values(status=status))
-        for followup_id in rows:
-            body = await publish(session, followup_id, status, now, outbox, grace, status)
-            await _remind(session, followup_id, status, body, urls, now)
-        moved += len(rows)
+        while rows := (await session.execute(select(followups).where(followups.c.status.in_(after), time_passed)
+                                             .limit(SWEEP_CHUNK))).all():
+            for chunk in chunks([r.id for r in rows]):
+                await session.execute(update(followups).where(followups.c.id.in_(chunk)).values(status=status))
+            reminders = []
+            for row in rows:
+                body = as_json(row, now, grace) | {"status": status}
+                outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=row.id, change=status,  # type: ignore[arg-type]
+                                               policy=row.policy, at=now, followup=body))
+                reminders += _reminders(row.id, status, body, urls, now)
+            for start in range(0, len(reminders), 5000):
+                await session.execute(insert_ignoring_conflicts(deliveries, _dialect(session)), reminders[start:start + 5000])
+            moved += len(rows)
     return moved
 
 
-async def _remind(session: AsyncSession, followup_id: str, event: str, body: dict[str, Any], urls: list[str],
-                  now: datetime) -> None:
-    if not urls:
-        return
-    await session.execute(insert_ignoring_conflicts(deliveries, _dialect(session)), [
-        {"id": stable_id("delivery", followup_id, event, body["due_at"], url), "followup_id": followup_id, "url": url,
-         "event": f"followup.{event}", "body": orjson.dumps({"event": f"followup.{event}", "followup": body}),
-         "attempts": 0, "next_attempt_at": now}
-        for url in urls])
+def _reminders(followup_id: str, event: str, body: dict[str, Any], urls: list[str], now: datetime) -> list[dict[str, Any]]:
+    """One delivery per URL; the id changes with the due time, so a follow-up due again (snoozed,
+    rescheduled) is reminded again, and the same move never twice."""
+    return [{"id": stable_id("delivery", followup_id, event, body["due_at"], url), "followup_id": followup_id, "url": url,
+             "event": f"followup.{event}", "body": orjson.dumps({"event": f"followup.{event}", "followup": body}),
+             "attempts": 0, "next_attempt_at": now} for url in urls]
 
 
 async def _stalled(session: AsyncSession, now: datetime, outbox: Outbox, grace: timedelta) -> int:
