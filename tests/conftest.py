@@ -83,3 +83,16 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     yield tmp_path
+
+
+@pytest.fixture
+async def empty_store_url(store_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """Another store of the same kind as `store_url`, empty (to rebuild a service into)."""
+    if store_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{tmp_path / 'rebuilt' / 'store.db'}"
+        return
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -84,3 +85,22 @@ async def eventually(check, timeout: float = 10.0, interval: float = 0.02):  # t
             assert result, f"condition not met within {timeout}s (last value: {result!r})"
             return result
         await asyncio.sleep(interval)
+
+
+async def rewind(bus_path: Path, group: str, topics: list[str]) -> None:
+    """The group reads its topics again from offset 0 (Kafka's --reset-offsets --to-earliest)."""
+    from shared.bus.embedded import EmbeddedBus
+
+    bus = EmbeddedBus(bus_path)
+    await bus.start()
+    consumer = bus.consumer(group, topics)
+    await consumer.start()
+    await consumer.commit({tp: 0 for tp in consumer.assignment()})
+    await consumer.stop()
+    await bus.stop()
+
+
+def fix_clocks(gateway_app: Any, clock: Any) -> None:
+    """One clock for every service the gateway runs in-process (tests move it to make time pass)."""
+    for upstream in gateway_app.state.upstreams.values():
+        upstream.app.state.runtime.clock = clock

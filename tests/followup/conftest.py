@@ -20,7 +20,7 @@ from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
 from tests.followup.support import SECRET, T0, Followups, Receiver
-from tests.helpers import running
+from tests.helpers import fix_clocks, running
 
 
 @pytest.fixture
@@ -58,11 +58,6 @@ def gateway_app(data_dir: Path, followup_db_url: str | None, followup_env: dict[
         # The periodic job looks the function up when it runs; tests call the real one.
         monkeypatch.setattr(followup_app, "send_webhooks", no_sending)
     return create_app(GatewaySettings())
-
-
-def fix_clocks(gateway_app: FastAPI, clock: FixedClock) -> None:
-    for name in ("ingest", "segmentation", "funnel", "followup"):
-        gateway_app.state.upstreams[name].app.state.runtime.clock = clock
 
 
 @pytest.fixture

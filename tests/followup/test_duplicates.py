@@ -4,7 +4,6 @@ replaying the topics into a rebuilt store gives the same follow-ups. SQLite and 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,11 @@ from fastapi import FastAPI
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
-from shared.bus.embedded import EmbeddedBus
 from shared.clock import FixedClock
 from shared.events import CUSTOMERS, FUNNEL, SEGMENTS, SegmentChanged, encode, record
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.followup.conftest import fix_clocks
+
 from tests.followup.support import Followups, at, iso
-from tests.helpers import running
+from tests.helpers import fix_clocks, rewind, running
 
 
 @pytest.fixture
@@ -95,27 +92,8 @@ class TestOneOpenPerCustomerAndPolicy:
         assert sorted(f["customer_id"] for f in await fu.list(status="pending")) == ["ann", "bob", "cy"]
 
 
-async def rewind(bus_path: Path) -> None:
-    """The followup group reads its topics again from offset 0 (--reset-offsets --to-earliest)."""
-    bus = EmbeddedBus(bus_path)
-    await bus.start()
-    consumer = bus.consumer("followup", [CUSTOMERS, FUNNEL, SEGMENTS])
-    await consumer.start()
-    await consumer.commit({tp: 0 for tp in consumer.assignment()})
-    await consumer.stop()
-    await bus.stop()
 
 
-@pytest.fixture
-async def empty_store_url(store_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    if store_url.startswith("sqlite"):
-        yield f"sqlite+aiosqlite:///{tmp_path / 'rebuilt.db'}"
-        return
-    url = await create_pg_database()
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
 
 
 def schedule(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -139,7 +117,7 @@ class TestReplayIntoARebuiltStore:
             before = schedule(await fu.list())
         assert len(before) == 5
 
-        await rewind(data_dir / "bus.db")
+        await rewind(data_dir / "bus.db", "followup", [CUSTOMERS, FUNNEL, SEGMENTS])
         monkeypatch.setenv("FOLLOWUP_DATABASE_URL", empty_store_url)
         rebuilt = create_app(GatewaySettings())
         fix_clocks(rebuilt, clock)

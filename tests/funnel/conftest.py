@@ -17,7 +17,7 @@ from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
 from tests.funnel.support import T0, Funnels
-from tests.helpers import running
+from tests.helpers import fix_clocks, running
 
 
 @pytest.fixture
@@ -41,8 +41,7 @@ def clock(gateway_app: FastAPI) -> FixedClock:
     """One clock for ingest (receivedAt), segmentation (days since the last order) and funnel
     (windows still open, days in a stage)."""
     fixed = FixedClock(T0)
-    for name in ("ingest", "segmentation", "funnel"):
-        gateway_app.state.upstreams[name].app.state.runtime.clock = fixed
+    fix_clocks(gateway_app, fixed)
     return fixed
 
 

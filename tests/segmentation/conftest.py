@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
-from tests.helpers import running
+from tests.helpers import fix_clocks, running
 from tests.segmentation.support import T0, Segmentation
 
 
@@ -39,8 +39,7 @@ def gateway_app(data_dir: Path, segmentation_db_url: str | None, monkeypatch: py
 def clock(gateway_app: FastAPI) -> FixedClock:
     """One clock for ingest (receivedAt) and segmentation (days since the last order)."""
     fixed = FixedClock(T0)
-    for name in ("ingest", "segmentation"):
-        gateway_app.state.upstreams[name].app.state.runtime.clock = fixed
+    fix_clocks(gateway_app, fixed)
     return fixed
 
 

@@ -2,7 +2,6 @@
 gives the same profiles and memberships. SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,9 @@ from fastapi import FastAPI
 from services.segmentation.app import create_app, reevaluate_now
 from services.segmentation.logic import builtin_segments
 from services.segmentation.settings import SegmentationSettings
-from shared.bus.embedded import EmbeddedBus
 from shared.clock import FixedClock
 from shared.events import CUSTOMERS, INTERACTIONS
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.helpers import ADMIN, READER, eventually, running
+from tests.helpers import ADMIN, READER, eventually, rewind, running
 from tests.segmentation.support import Segmentation, identify, order, page, track
 
 EMAIL_VISIT = {"page": {"url": "https://shop.example/?utm_source=newsletter&utm_medium=email"}}
@@ -38,17 +35,6 @@ def segmentation_db_url(store_url: str) -> str:
     return store_url
 
 
-@pytest.fixture
-async def empty_store_url(store_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """Another store of the same kind, empty."""
-    if store_url.startswith("sqlite"):
-        yield f"sqlite+aiosqlite:///{tmp_path / 'replay' / 'segmentation.db'}"
-        return
-    url = await create_pg_database()
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
 
 
 async def history_of_events(seg: Segmentation) -> None:
@@ -111,15 +97,6 @@ async def observed(client: httpx.AsyncClient) -> dict[str, Any]:
     return {"profiles": profiles, "members": members}
 
 
-async def rewind(bus_path: Path, group: str) -> None:
-    """The group reads its topics again from offset 0 (Kafka's --reset-offsets --to-earliest)."""
-    bus = EmbeddedBus(bus_path)
-    await bus.start()
-    consumer = bus.consumer(group, [CUSTOMERS, INTERACTIONS])
-    await consumer.start()
-    await consumer.commit({tp: 0 for tp in consumer.assignment()})
-    await consumer.stop()
-    await bus.stop()
 
 
 def fresh_segmentation(data_dir: Path, bus_path: Path, store_url: str, clock: FixedClock) -> FastAPI:
@@ -144,7 +121,7 @@ class TestReplay:
             "potential", "new", "active", "loyal", "at_risk", "churned"}
         assert all(before["members"][key] for key in CUSTOM), {k: before["members"][k] for k in CUSTOM}
 
-        await rewind(data_dir / "bus.db", "segmentation")
+        await rewind(data_dir / "bus.db", "segmentation", [CUSTOMERS, INTERACTIONS])
         replay = fresh_segmentation(tmp_path / "replay", data_dir / "bus.db", empty_store_url, FixedClock(clock.now()))
         async with running(replay) as client:
             runtime = replay.state.runtime
