@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from bench import followup, funnel, ingest, segment_preview, segmentation
+from bench import followup, funnel, ingest, segment_preview, segmentation, segmentation_rss
 
 BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main),
               ("segment preview", segment_preview.main), ("funnel", funnel.main),
-              ("follow-up scheduler", followup.main)]
+              ("follow-up scheduler", followup.main), ("segmentation RSS", segmentation_rss.main)]
 
 
 def main() -> None:
