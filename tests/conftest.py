@@ -1,4 +1,5 @@
-"""Fixtures every suite shares: real stores (SQLite files, fresh PostgreSQL databases)."""
+"""Fixtures every suite shares: real stores (SQLite files, fresh PostgreSQL databases), and the
+in-process gateway's clock and client."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
+
+from shared.clock import FixedClock
+from tests.helpers import fix_clocks, running
+from tests.segmentation.support import T0
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -96,3 +103,19 @@ async def empty_store_url(store_url: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
     finally:
         await drop_pg_database(url)
+
+
+# The gateway with every service in-process and one clock the test moves: suites that drive the
+# services define `gateway_app` (their settings) and get these (tests/ingest keeps its own client).
+@pytest.fixture
+def clock(gateway_app: FastAPI) -> FixedClock:
+    """One clock for every service: receivedAt, days since an order, open windows, due times."""
+    fixed = FixedClock(T0)
+    fix_clocks(gateway_app, fixed)
+    return fixed
+
+
+@pytest.fixture
+async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(gateway_app) as client:
+        yield client

@@ -19,8 +19,8 @@ import services.followup.app as followup_app
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
-from tests.followup.support import SECRET, T0, Followups, Receiver
-from tests.helpers import fix_clocks, running
+from tests.followup.support import SECRET, Followups, Receiver
+from tests.helpers import fix_clocks
 
 
 @pytest.fixture
@@ -60,17 +60,8 @@ def gateway_app(data_dir: Path, followup_db_url: str | None, followup_env: dict[
     return create_app(GatewaySettings())
 
 
-@pytest.fixture
-def clock(gateway_app: FastAPI) -> FixedClock:
-    fixed = FixedClock(T0)
-    fix_clocks(gateway_app, fixed)
-    return fixed
 
 
-@pytest.fixture
-async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(gateway_app) as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ on PostgreSQL.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,8 +15,7 @@ from fastapi import FastAPI
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
-from tests.funnel.support import T0, Funnels
-from tests.helpers import fix_clocks, running
+from tests.funnel.support import Funnels
 
 
 @pytest.fixture
@@ -36,19 +34,8 @@ def gateway_app(data_dir: Path, funnel_db_url: str | None, monkeypatch: pytest.M
     return create_app(GatewaySettings())
 
 
-@pytest.fixture
-def clock(gateway_app: FastAPI) -> FixedClock:
-    """One clock for ingest (receivedAt), segmentation (days since the last order) and funnel
-    (windows still open, days in a stage)."""
-    fixed = FixedClock(T0)
-    fix_clocks(gateway_app, fixed)
-    return fixed
 
 
-@pytest.fixture
-async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(gateway_app) as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ SQLite and on PostgreSQL.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,8 +15,7 @@ from fastapi import FastAPI
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
-from tests.helpers import fix_clocks, running
-from tests.segmentation.support import T0, Segmentation
+from tests.segmentation.support import Segmentation
 
 
 @pytest.fixture
@@ -35,18 +33,8 @@ def gateway_app(data_dir: Path, segmentation_db_url: str | None, monkeypatch: py
     return create_app(GatewaySettings())
 
 
-@pytest.fixture
-def clock(gateway_app: FastAPI) -> FixedClock:
-    """One clock for ingest (receivedAt) and segmentation (days since the last order)."""
-    fixed = FixedClock(T0)
-    fix_clocks(gateway_app, fixed)
-    return fixed
 
 
-@pytest.fixture
-async def client(gateway_app: FastAPI, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(gateway_app) as client:
-        yield client
 
 
 @pytest.fixture
