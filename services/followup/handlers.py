@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.followup.followups import cancel_for, close, create, current_policies
+from services.followup.followups import Versioned, cancel_for, close, create, current_policies
 from services.followup.store import deliveries, erasures, followups, links, memberships, stages
 from shared.consumer import Handlers, Transaction
 from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, SegmentChanged
@@ -40,6 +40,15 @@ def make_handlers(grace: timedelta) -> Handlers:
             CustomerErased: [on_erased]}
 
 
+async def _policies(tx: Transaction) -> dict[str, Versioned]:
+    """The policies in force, read once per consumed batch (a first scheduled pass in segmentation
+    publishes hundreds of thousands of segment changes; policies change only through the API)."""
+    if "followup.policies" not in tx.state:
+        tx.state["followup.policies"] = await current_policies(tx.session)
+    found: dict[str, Versioned] = tx.state["followup.policies"]
+    return found
+
+
 async def on_segment_changed(event: Event, tx: Transaction, grace: timedelta) -> None:
     assert isinstance(event, SegmentChanged)
     session = tx.session
@@ -55,7 +64,7 @@ async def on_segment_changed(event: Event, tx: Transaction, grace: timedelta) ->
         await session.execute(insert(memberships).values(customer_id=customer, segment=event.segment, member=member, at=event.at))
     else:
         await session.execute(update(memberships).where(*key).values(member=member, at=event.at))
-    policies = await current_policies(session)
+    policies = await _policies(tx)
     if event.change == "entered":
         for versioned in policies.values():
             trigger = versioned.policy.trigger
@@ -83,7 +92,7 @@ async def on_stage_changed(event: Event, tx: Transaction, grace: timedelta) -> N
                                                     since=event.at, seq=event.order))
     else:
         await session.execute(update(stages).where(*key).values(stage=event.to_stage, since=event.at, seq=event.order))
-    policies = await current_policies(session)
+    policies = await _policies(tx)
     # A customer who moved on is no longer stalled where they were; a cancelling stage closes too.
     cancelled = [k for k, v in policies.items()
                  if (event.to_stage is not None and v.policy.cancelled_by_stage(event.funnel, event.to_stage))
