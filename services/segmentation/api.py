@@ -51,6 +51,8 @@ async def customer_profile(request: Request, customer_id: str, _: ReaderDep) -> 
                                       .order_by(memberships.c.segment))).all()
         custom = await definitions(session, [m.segment for m in held if ":" not in m.segment])
         facts = await load_facts(session, [d.rule for d in custom], now, [customer])
+    if custom and facts.size == 0:  # erased (or merged away) between the reads above
+        raise ApiError(404, f"No customer {customer_id!r}.")
     bare = dict(m.segment.split(":", 1) for m in held if ":" in m.segment)
     why: dict[str, Any] = {m.segment: {"reason": m.reason, "since": to_iso(m.since)} for m in held}
     for d in custom:  # the rule, with the customer's values now
