@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import time
 
-from bench import followup, funnel, ingest, segment_preview, segmentation, segmentation_rss
+from bench import (
+    dashboard,
+    end_to_end,
+    followup,
+    funnel,
+    importing,
+    ingest,
+    journeys,
+    recommendation,
+    segment_preview,
+    segmentation,
+    segmentation_rss,
+)
 
 BENCHMARKS = [("ingest", ingest.main), ("segmentation", segmentation.main),
               ("segment preview", segment_preview.main), ("funnel", funnel.main),
-              ("follow-up scheduler", followup.main), ("segmentation RSS", segmentation_rss.main)]
+              ("journey analytics", journeys.main),
+              ("follow-up scheduler", followup.main), ("segmentation RSS", segmentation_rss.main),
+              ("funnelstream import, end to end", importing.main),
+              ("track events, end to end", end_to_end.main),
+              ("recommendation, Online Retail", recommendation.main),
+              ("dashboard pages, demo shop", dashboard.main)]
 
 
 def main() -> None:

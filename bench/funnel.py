@@ -16,6 +16,8 @@ import random
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 import duckdb
@@ -64,15 +66,24 @@ def retail_events(n: int) -> list[tuple[str, str, datetime]]:
     return out[:n]
 
 
-def duckdb_report(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[dict[str, object], float]:
+def duckdb_events(events: list[tuple[str, str, datetime]], channels: list[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """DuckDB with the raw events as table `ev` (customer_id, name, ts, and event_id and channel as
+    the service gets them)."""
     con = duckdb.connect()
     folder = tempfile.mkdtemp(prefix="fs-bench-funnel-")
     with open(f"{folder}/events.csv", "w") as f:
-        f.writelines(f"{c},{name},{at.timestamp()}\n" for c, name, at in events)
-    con.execute(f"CREATE TABLE ev AS SELECT * FROM read_csv('{folder}/events.csv', header=false, "
-                "columns={'customer_id': 'VARCHAR', 'name': 'VARCHAR', 'ts': 'DOUBLE'})")
+        f.writelines(f"{c},{name},{at.timestamp()},f{i},{channels[i] if channels else 'direct'}\n"
+                     for i, (c, name, at) in enumerate(events))
+    con.execute(f"CREATE TABLE ev AS SELECT * FROM read_csv('{folder}/events.csv', header=false, columns="
+                "{'customer_id': 'VARCHAR', 'name': 'VARCHAR', 'ts': 'DOUBLE', 'event_id': 'VARCHAR', 'channel': 'VARCHAR'})")
+    return con
+
+
+def counted_attempts_sql() -> str:
+    """Each customer's counted attempt of view -> add -> buy from `ev` (customer_id, t1, t2, t3, depth)
+    with ASOF joins: the deepest, then the earliest."""
     w = WINDOW_DAYS * 86400.0
-    sql = f"""
+    return f"""
     WITH v AS (SELECT customer_id, ts FROM ev WHERE name = 'Product Viewed'),
          a AS (SELECT customer_id, ts FROM ev WHERE name = 'Product Added'),
          o AS (SELECT customer_id, ts FROM ev WHERE name = 'Order Completed'),
@@ -80,8 +91,15 @@ def duckdb_report(events: list[tuple[str, str, datetime]], now: datetime) -> tup
                 FROM v ASOF LEFT JOIN a ON v.customer_id = a.customer_id AND a.ts >= v.ts),
          s3 AS (SELECT s2.customer_id, t1, t2, CASE WHEN o.ts <= t1 + {w} THEN o.ts END AS t3
                 FROM s2 ASOF LEFT JOIN o ON s2.customer_id = o.customer_id AND o.ts >= s2.t2),
-         att AS (SELECT *, 1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT AS depth FROM s3),
-         best AS (SELECT * FROM att QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY depth DESC, t1, t2, t3) = 1)
+         att AS (SELECT *, 1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT AS depth FROM s3)
+    SELECT * FROM att QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY depth DESC, t1, t2, t3) = 1"""
+
+
+def duckdb_report(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[dict[str, object], float]:
+    con = duckdb_events(events)
+    w = WINDOW_DAYS * 86400.0
+    sql = f"""
+    WITH best AS ({counted_attempts_sql()})
     SELECT count(*), count(*) FILTER (depth >= 2), count(*) FILTER (depth >= 3),
            count(*) FILTER (depth = 1 AND {now.timestamp()} <= t1 + {w}),
            count(*) FILTER (depth = 2 AND {now.timestamp()} <= t1 + {w}),
@@ -98,7 +116,11 @@ def duckdb_report(events: list[tuple[str, str, datetime]], now: datetime) -> tup
     return {"entered": entered, "in_progress": [0, row[3], row[4]], "medians": [None, row[5], row[6]]}, best
 
 
-async def ours(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[dict[str, object], float, float]:
+@asynccontextmanager
+async def serving(events: list[tuple[str, str, datetime]], now: datetime,
+                  channels: list[str] | None = None) -> AsyncIterator[tuple[httpx.AsyncClient, float]]:
+    """The funnel service (ASGI, fresh SQLite, embedded bus) with the view-add-buy funnel, once it
+    has consumed the events (each with its channel): a client to it and the consume rate."""
     os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="fs-bench-funnel-")
     os.environ["FUNNEL_EVENTS_RETENTION_DAYS"] = "3650"  # the data spans more than the default year
     from services.funnel.app import create_app
@@ -115,7 +137,8 @@ async def ours(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[
             batch = []
             for i, (customer, name, at) in enumerate(events):
                 batch.append(encode(Interaction(event_id=f"f{i}", customer_id=customer, user_id=customer, type="track",
-                                                name=name, occurred_at=at, received_at=at)))
+                                                name=name, occurred_at=at, received_at=at,
+                                                channel=channels[i] if channels else "direct")))
                 if len(batch) == 5000:
                     await runtime.bus.publish(batch)
                     batch = []
@@ -126,16 +149,20 @@ async def ours(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[
                     reported = time.perf_counter()
                     print(f"   consumed {len(events) - behind:,} / {len(events):,}", flush=True)
                 await asyncio.sleep(0.5)
-            rate = len(events) / (time.perf_counter() - started)
-            params = {"from": "2000-01-01T00:00:00Z", "to": (now + timedelta(days=1)).isoformat()}
-            best = float("inf")
-            body: dict[str, object] = {}
-            for _ in range(3):
-                started = time.perf_counter()
-                response = await client.get(f"/api/funnels/{FUNNEL['key']}/report", params=params, headers=READER)
-                best = min(best, time.perf_counter() - started)
-                assert response.status_code == 200, response.text
-                body = response.json()
+            yield client, len(events) / (time.perf_counter() - started)
+
+
+async def ours(events: list[tuple[str, str, datetime]], now: datetime) -> tuple[dict[str, object], float, float]:
+    async with serving(events, now) as (client, rate):
+        params = {"from": "2000-01-01T00:00:00Z", "to": (now + timedelta(days=1)).isoformat()}
+        best = float("inf")
+        body: dict[str, object] = {}
+        for _ in range(3):
+            started = time.perf_counter()
+            response = await client.get(f"/api/funnels/{FUNNEL['key']}/report", params=params, headers=READER)
+            best = min(best, time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+            body = response.json()
     stages = body["stages"]
     assert isinstance(stages, list)
     return ({"entered": [s["entered"] for s in stages], "in_progress": [s["in_progress"] for s in stages],

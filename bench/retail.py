@@ -56,7 +56,7 @@ def to_message(row: dict[str, str], n: int) -> dict[str, Any]:
     return message
 
 
-def messages(limit: int) -> list[dict[str, Any]]:
-    return [to_message(row, n) for n, row in enumerate(rows(limit))]
+def messages(limit: int, path: Path = DATA) -> list[dict[str, Any]]:
+    return [to_message(row, n) for n, row in enumerate(rows(limit, path))]
 
 

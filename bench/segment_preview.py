@@ -81,8 +81,11 @@ def population(n: int) -> tuple[datetime, list[dict[str, Any]], list[dict[str, A
     return now, profiles, events
 
 
-async def ours(now: datetime, profiles: list[dict[str, Any]], events: list[dict[str, Any]]) -> tuple[int, float, float]:
-    """(count, best request seconds, best evaluation-only seconds) on a real segmentation store."""
+async def ours(now: datetime, profiles: list[dict[str, Any]], events: list[dict[str, Any]]
+               ) -> tuple[int, float, float, float]:
+    """(count, best request seconds, best evaluation-only seconds, first request seconds) on a real
+    segmentation store. The first request builds the facts previews keep in memory; the next
+    ones find nothing changed (facts_index.py)."""
     os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="fs-bench-preview-")
     from sqlalchemy import insert
 
@@ -120,7 +123,7 @@ async def ours(now: datetime, profiles: list[dict[str, Any]], events: list[dict[
             started = time.perf_counter()
             assert int(evaluate(rule, facts).sum()) == count
             evaluate_s.append(time.perf_counter() - started)
-    return count, min(request_s), min(evaluate_s)
+    return count, min(request_s), min(evaluate_s), request_s[0]
 
 
 def duckdb_count(now: datetime, profiles: list[dict[str, Any]], events: list[dict[str, Any]]) -> tuple[int, float]:
@@ -151,12 +154,12 @@ def main() -> None:
     now, profiles, events = population(CUSTOMERS)
     print(f"   {len(events):,} order events; loading DuckDB and our store ...", flush=True)
     theirs, duck_s = duckdb_count(now, profiles, events)
-    count, request_s, evaluate_s = asyncio.run(ours(now, profiles, events))
+    count, request_s, evaluate_s, first_s = asyncio.run(ours(now, profiles, events))
     assert count == theirs, f"preview counts {count}, DuckDB {theirs}"
     print(f"segment preview over {CUSTOMERS:,} customers ({count:,} match, same count as DuckDB): "
           f"request {request_s * 1000:.0f} ms, DuckDB {duck_s * 1000:.0f} ms, ratio {duck_s / request_s:.2f} "
           f"(>1 = faster than DuckDB); evaluation alone over facts already read {evaluate_s * 1000:.1f} ms, "
-          f"ratio {duck_s / evaluate_s:.2f}")
+          f"ratio {duck_s / evaluate_s:.2f}; the first request (building the facts in memory) {first_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -3,3 +3,4 @@ CREATE DATABASE ingest;
 CREATE DATABASE segmentation;
 CREATE DATABASE funnel;
 CREATE DATABASE followup;
+CREATE DATABASE recommendation;

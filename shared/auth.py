@@ -100,11 +100,14 @@ def _credentials(request: Request) -> Credentials:
     return creds
 
 
-def require_reader(request: Request) -> Role:
+# The dependencies are `async def` though they never wait: FastAPI runs a plain `def` dependency
+# in its thread pool, a hand-off to a worker thread and back on every API call (on the busy 2-core
+# machine, a wait for a core each way).
+async def require_reader(request: Request) -> Role:
     return bearer_role(request, _credentials(request))
 
 
-def require_admin(request: Request) -> Role:
+async def require_admin(request: Request) -> Role:
     role = bearer_role(request, _credentials(request))
     if role is not Role.admin:
         raise ApiError(403, "This action needs an API key with the 'admin' role.", "admin_required")

@@ -5,29 +5,47 @@ processed and writes outgoing events to the outbox; it commits, then the bus off
 committed. A redelivered message is found in `processed_messages` and skipped. If the batch
 fails, each message is retried alone, and one that still fails after `max_attempts` goes to
 `<topic>.dlq` with its error, so a poison message never stalls the partition.
+
+Replicas of a service share stitched customers (the anonymous id's events sit in another
+replica's partition): with `customer_locks`, each batch first locks the customers its events
+name, so batches sharing one take turns (see shared/customer_locks.py).
+
+A deadlock or serialization failure (replicas of a service touching the same rows) is not the
+messages' fault: the database aborted the transaction so that the other could go on. The same
+batch runs again after a short random backoff, as often as needed; it never counts as an attempt
+nor reaches the dead letter topic. A unique key violation is most often the same story (both
+replicas looked for one row, then both inserted it), so the batch gets a few more runs first.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic
 from shared.events import Event, UndecodableRecord, decode, message_id
-from shared.metrics import BUS_DLQ, BUS_DLQ_SIZE, BUS_LAG, BUS_PROCESSED
+from shared.metrics import BUS_BATCH_SECONDS, BUS_BATCHES, BUS_CONFLICTS, BUS_DLQ, BUS_DLQ_SIZE, BUS_LAG, BUS_PROCESSED
 from shared.outage import raise_if_outage
 from shared.outbox import Outbox, OutboxRelay, write_outbox
-from shared.store import BusTables, Store
+from shared.store import CONFLICT_SQLSTATES, RACE_SQLSTATE, BusTables, Store, sqlstate
+
+if TYPE_CHECKING:  # shared.customer_locks imports shared.identity, which imports this module
+    from shared.customer_locks import CustomerLocks
 
 log = logging.getLogger("funnelstream.consumer")
 DLQ_SIZE_GROUP = "funnelstream-dlq-size"  # never commits
+CONFLICT_BACKOFF_SECONDS = (0.02, 1.0)  # first and longest wait before a batch runs again
+RACE_RETRIES = 3  # runs of a batch that lost a unique key race, before it is retried message by message
 
 
 @dataclass
@@ -61,6 +79,21 @@ class Transaction:
 
 Handler = Callable[[Event, Transaction], Awaitable[None]]
 Handlers = dict[type[Event], list[Handler]]
+E = TypeVar("E", bound=Event)
+
+
+def on(event_type: type[E], *handlers: Callable[[E, Transaction], Awaitable[None]]) -> tuple[type[Event], list[Handler]]:
+    """One entry of `Handlers`, typed: each handler takes an `event_type` (the loop dispatches by
+    the event's exact type, `type(event)`, so a handler never has to check what it was given)."""
+    return event_type, [cast(Handler, handler) for handler in handlers]
+
+
+def handlers_of(*entries: tuple[type[Event], list[Handler]]) -> Handlers:
+    """`Handlers` from `on(...)` entries: `handlers_of(on(Interaction, on_interaction), ...)`."""
+    handlers = dict(entries)
+    if len(handlers) != len(entries):
+        raise ValueError("one on(...) entry per event type: list every handler of a type in it")
+    return handlers
 
 
 def topics_of(handlers: Handlers) -> list[str]:
@@ -79,6 +112,8 @@ class ConsumerLoop:
         max_attempts: int = 5,
         group: str | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prepare: Callable[[Transaction], Awaitable[None]] | None = None,
+        customer_locks: CustomerLocks | None = None,
     ) -> None:
         self.service = service
         self.bus = bus
@@ -89,6 +124,8 @@ class ConsumerLoop:
         self.max_attempts = max_attempts
         self.group = group or service
         self.now = now
+        self.prepare = prepare
+        self.customer_locks = customer_locks
         self.topics = topics_of(handlers)
         self.consumer: Consumer | None = None
         self.healthy = False
@@ -108,20 +145,29 @@ class ConsumerLoop:
         self.healthy = True
         try:
             while not self._stopping.is_set():
+                started = time.perf_counter()
                 records = await self.consumer.poll(max_records=500, timeout=0.5)
                 if records:
+                    fetched = time.perf_counter()
                     await self.process(records)
+                    applied = time.perf_counter()
                     await self.consumer.commit(next_offsets(records))
                     self.relay.wake()
+                    self._count_batch(fetched - started, applied - fetched, time.perf_counter() - applied)
                 await self._report_lag()
         finally:
             self.healthy = False
             await self.consumer.stop()
 
+    def _count_batch(self, fetch: float, apply: float, commit: float) -> None:
+        BUS_BATCHES.labels(self.service, self.group).inc()
+        for step, seconds in (("fetch", fetch), ("apply", apply), ("commit", commit)):
+            BUS_BATCH_SECONDS.labels(self.service, self.group, step).inc(seconds)
+
     async def process(self, records: list[Record]) -> None:
         """Apply a batch; afterwards every record is either processed or in the DLQ."""
         try:
-            await self._apply(records)
+            await self._apply_through_conflicts(records)
         except Exception:
             log.warning("batch of %d failed; retrying message by message", len(records), exc_info=True)
             for record in records:
@@ -130,7 +176,7 @@ class ConsumerLoop:
     async def _apply_alone(self, record: Record) -> None:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await self._apply([record])
+                await self._apply_through_conflicts([record])
                 return
             except UndecodableRecord as exc:
                 await self._dead_letter(record, exc, attempt)
@@ -142,23 +188,50 @@ class ConsumerLoop:
                     return
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
 
+    async def _apply_through_conflicts(self, records: list[Record]) -> None:
+        """`_apply`, run again for as long as the database aborts it as a deadlock victim or for a
+        serialization failure, and a few times when it lost a race for a unique key (each run is
+        a new transaction; the other side commits meanwhile)."""
+        first, longest = CONFLICT_BACKOFF_SECONDS
+        races = 0
+        for conflicts in itertools.count():
+            try:
+                await self._apply(records)
+                return
+            except Exception as exc:
+                state = sqlstate(exc)
+                races += state == RACE_SQLSTATE
+                if state not in CONFLICT_SQLSTATES and not (state == RACE_SQLSTATE and races <= RACE_RETRIES):
+                    raise
+                BUS_CONFLICTS.labels(self.service).inc()
+                log.info("batch of %d hit a conflict (SQLSTATE %s); running it again", len(records), state)
+                await asyncio.sleep(min(longest, first * 2 ** min(conflicts, 10)) * random.uniform(0.5, 1.5))
+
     async def _apply(self, records: list[Record]) -> None:
         events = [(message_id(r), r) for r in records]
         async with self.store.transaction() as session:
-            done = await self._already_processed(session, [mid for mid, _ in events])
             tx = Transaction(session, self.now())
+            if self.prepare is not None:
+                await self.prepare(tx)  # first, before any row is locked (the service's own locks)
+            done = await self._already_processed(session, [mid for mid, _ in events])
             fresh: list[str] = []
+            decoded: list[Event] = []
             for mid, record in events:
                 if mid in done:
                     continue
                 done.add(mid)
                 fresh.append(mid)
-                await self._handle(decode(record), tx)
+                decoded.append(decode(record))
+            if self.customer_locks is not None:
+                await self.customer_locks.hold(session, decoded)  # then the first row locks
+            for event in decoded:
+                await self._handle(event, tx)
             await tx.run_deferred()
             if fresh:
                 await session.execute(insert(self.tables.processed), [{"message_id": m} for m in fresh])
             await write_outbox(session, self.tables, tx.outbox)
-        BUS_PROCESSED.labels(self.service, records[0].topic).inc(len(records))
+        for topic, count in Counter(r.topic for r in records).items():
+            BUS_PROCESSED.labels(self.service, topic).inc(count)
 
     async def _handle(self, event: Event, tx: Transaction) -> None:
         for handler in self.handlers.get(type(event), ()):

@@ -5,13 +5,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.rules import RuleError
+from shared.store import CONFLICT_SQLSTATES, sqlstate
 
 log = logging.getLogger("funnelstream.errors")
 
@@ -21,6 +25,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -47,6 +52,17 @@ class ApiError(Exception):
         self.message = message
         self.details = details or []
         self.headers = headers
+
+
+@contextmanager
+def rule_errors_as_422(what: str) -> Iterator[None]:
+    """A RuleError raised inside (a bad rule, funnel, policy or alert) becomes the contract's 422
+    naming the bad part: "Bad {what} at {where}: {message}.", code `invalid_{what}`."""
+    try:
+        yield
+    except RuleError as err:
+        raise ApiError(422, f"Bad {what} at {err.where}: {err.message}.", f"invalid_{what}",
+                       [{"loc": err.where, "msg": err.message}]) from None
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
@@ -91,6 +107,12 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if sqlstate(exc) in CONFLICT_SQLSTATES:
+        # A write that met a consumer's batch (deadlock victim, serialization failure): nothing
+        # was written and the same request succeeds when sent again, so say so instead of a 500.
+        log.info("%s %s aborted by the database as a conflict; answered 503", request.method, request.url.path)
+        return error_response(ApiError(503, "The store was busy with a conflicting change; send the request again.",
+                                       "conflict_retry", headers={"Retry-After": "1"}))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(ApiError(500, "Internal error; the request id tells operators where to look.", "internal_error"))
 

@@ -1,4 +1,4 @@
-"""Event contracts on the bus (API.md section 2). Versions live in the topic name.
+"""Event contracts on the bus (docs/api.md section 2). Versions live in the topic name.
 
 A breaking change is a new topic, never an edited field. Each event knows its topic, its partition
 key (the canonical customer id, so one customer's events stay in order) and a dedupe key that is
@@ -20,6 +20,7 @@ CUSTOMERS = "customers.v1"
 SEGMENTS = "segments.v1"
 FUNNEL = "funnel.v1"
 FOLLOWUPS = "followups.v1"
+ALERTS = "alerts.v1"  # funnel alerts (docs/api.md section 9); no service consumes it
 TOPICS = (INTERACTIONS, CUSTOMERS, SEGMENTS, FUNNEL, FOLLOWUPS)
 
 TYPE_HEADER = "event-type"
@@ -91,6 +92,30 @@ class CustomerErased(Event):
         return self.erasure_id
 
 
+class ErasureRecorded(Event):
+    """A `CustomerErased` as the bus log keeps it once every consumer group has applied it: keyed
+    hashes of the ids only (`customer_id` and the record key are the customer's hash), so a
+    replay from offset 0 still keeps the customer's late events out, and nothing names them."""
+
+    topic: ClassVar[str] = CUSTOMERS
+    erasure_id: str
+    id_hashes: list[str]
+    at: datetime
+
+    def dedupe_key(self) -> str:
+        return self.erasure_id  # the original's: a consumer that applied it skips this
+
+
+class RecordShredded(Event):
+    """What a Kafka consumer gets instead of a record sealed with a shredded customer key (see
+    shared/bus/shredding.py): nothing to do; it is skipped and committed past like any other."""
+
+    topic: ClassVar[str] = ""
+
+    def dedupe_key(self) -> str:
+        return ""
+
+
 class SegmentChanged(Event):
     topic: ClassVar[str] = SEGMENTS
     segment: str
@@ -130,9 +155,33 @@ class FollowupChanged(Event):
         return stable_id("followup", self.followup_id, self.change, self.at.isoformat())
 
 
+class AlertFired(Event):
+    """A funnel alert fired for one interval (docs/api.md section 9); keyed by the alert."""
+
+    topic: ClassVar[str] = ALERTS
+    customer_id: str = ""  # about no customer
+    alert: str
+    funnel: str
+    stage: str
+    interval: str
+    period_start: datetime
+    rate: float
+    baseline: float
+    drop_pct: float
+    entered_previous: int
+    fired_at: datetime
+
+    def partition_key(self) -> str:
+        return self.alert
+
+    def dedupe_key(self) -> str:
+        return stable_id("alert", self.alert, self.period_start.isoformat())
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (Interaction, CustomerLinked, CustomerErased, SegmentChanged, FunnelStageChanged, FollowupChanged)
+    for cls in (Interaction, CustomerLinked, CustomerErased, ErasureRecorded, RecordShredded, SegmentChanged, FunnelStageChanged, FollowupChanged,
+                AlertFired)
 }
 
 

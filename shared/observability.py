@@ -88,6 +88,8 @@ class RequestContextMiddleware:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
-            text = value.decode("latin-1").strip()
-            return text[:200] or None
+            text = value.decode("latin-1").strip()[:200]
+            # Echoed in headers and logs, and forwarded: a client's id is used only if it is
+            # printable ASCII; any other gets a fresh one.
+            return text if text.isascii() and text.isprintable() else None
     return None

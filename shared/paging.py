@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -9,6 +10,7 @@ from fastapi import Query
 from pydantic import BaseModel
 
 from shared.errors import ApiError
+from shared.keys import KEY_PATTERN
 
 T = TypeVar("T")
 
@@ -34,8 +36,35 @@ def decode_cursor(cursor: str | None, *types: type) -> list[Any] | None:
     except ValueError:
         values = None
     if not (isinstance(values, list) and len(values) == len(types) and all(map(_is, values, types))):
-        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
+        raise invalid_cursor()
     return values
+
+
+def decode_key_cursor(cursor: str | None) -> str | None:
+    """The key of a listing by key (funnels, policies) that `encode_cursor(key)` wrote; a 400 for
+    anything that is not a key (shared/keys.py) at all."""
+    after = decode_cursor(cursor, str)
+    if after is None:
+        return None
+    if not KEY_PATTERN.fullmatch(after[0]):
+        raise invalid_cursor()
+    key: str = after[0]
+    return key
+
+
+def cursor_time(value: str) -> datetime:
+    """A time a cursor carries (`encode_cursor(at.isoformat(), ...)`); a 400 for anything else."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid_cursor() from None
+    if at.tzinfo is None:
+        raise invalid_cursor()
+    return at
+
+
+def invalid_cursor() -> ApiError:
+    return ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -43,4 +72,6 @@ def _is(value: Any, kind: type) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e15
+    if kind is str:  # ids and times this API wrote: never a NUL, which no text column holds
+        return isinstance(value, str) and "\x00" not in value
     return isinstance(value, kind)

@@ -1,8 +1,12 @@
-"""Query and body times every API shares: UTC instants and [from, to) windows, with a 422 that
-says what is wrong rather than a 500 on a time no store can hold."""
+"""What every API checks the same way: UTC instants and [from, to) windows, and text without NUL
+characters, with a 422 that says what is wrong rather than a 500 on what no store can hold."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from fastapi import Request
 
 from shared.errors import ApiError
 
@@ -32,3 +36,45 @@ def time_window(from_: datetime | None, to: datetime | None, now: datetime, days
     if start >= end:
         raise ApiError(422, "'from' must be before 'to'.", details=[{"loc": "from"}])
     return start, end
+
+
+NUL_MESSAGE = "contains a NUL character (U+0000)"
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """A router dependency: a NUL in a path or query parameter or anywhere in a JSON body is a 422
+    naming where (PostgreSQL cannot hold U+0000 in text: it would be a 500 from the store)."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if "\x00" in name or "\x00" in str(value):
+            where = "path" if name in request.path_params else "query"
+            raise _nul_error([where, name], f"The {where} parameter {name!r}")
+    body = await request.body()
+    if b"\\u0000" in body:  # JSON carries a NUL only escaped
+        try:
+            found = nul_location(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return  # not JSON: the route's own parsing says so
+        if found is not None:
+            raise _nul_error(["body", *found], "The body at " + ".".join(map(str, found or ["(top)"])))
+
+
+def nul_location(document: Any) -> list[str | int] | None:
+    """The path to the first key or text holding a NUL (a loop: bodies may nest deeply)."""
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return path
+        if isinstance(value, dict):
+            for key, child in reversed(value.items()):
+                if "\x00" in key:
+                    return [*path, key]
+                stack.append((child, [*path, key]))
+        elif isinstance(value, list):
+            stack.extend((child, [*path, i]) for i, child in reversed(list(enumerate(value))))
+    return None
+
+
+def _nul_error(loc: list[Any], what: str) -> ApiError:
+    return ApiError(422, f"{what} {NUL_MESSAGE}, which no text may hold; remove it.",
+                    details=[{"loc": loc, "msg": NUL_MESSAGE}])

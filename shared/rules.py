@@ -1,4 +1,4 @@
-"""The rule language of the contract (API.md section 3): custom segments' rules, and the `where`
+"""The rule language of the contract (docs/api.md section 3): custom segments' rules, and the `where`
 over event properties of behaviours and funnel stages. Pure: no I/O, no clock.
 
 A rule is `{"all": [...]}`, `{"any": [...]}`, `{"not": rule}`, a condition
@@ -26,6 +26,11 @@ OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "exists
 BEHAVIOUR_OPS = ("gte", "lte", "eq")
 MAX_DEPTH = 20
 MAX_CONDITIONS = 100
+# Numbers in a rule stay within the integers a JSON number holds exactly everywhere (I-JSON,
+# RFC 7493): larger ones no store, JSON writer or float column compares faithfully. A value
+# compared with (an object, a list) nests at most MAX_VALUE_NESTING levels.
+MAX_NUMBER = 2**53 - 1
+MAX_VALUE_NESTING = 32
 
 
 class Missing:
@@ -158,6 +163,7 @@ def _condition(raw: dict[str, Any], where: str, vocabulary: Vocabulary) -> Condi
         return Condition(field, op, value)
     if "value" not in raw:
         raise RuleError(f"{where}.value", f"'{op}' needs a value")
+    _check_storable(raw["value"], f"{where}.value")
     value = _value(raw["value"], op, f"{where}.value")
     if field in vocabulary.numbers:
         _check_numbers(field, op, value, f"{where}.value")
@@ -210,16 +216,36 @@ def _behaviour(raw: dict[str, Any], where: str, max_days: float, counter: list[i
     if op not in BEHAVIOUR_OPS:
         raise RuleError(f"{where}.op", f"a behaviour counts events: use one of {', '.join(BEHAVIOUR_OPS)}")
     count = raw.get("value", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise RuleError(f"{where}.value", "how many times: a whole number, 0 or more")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_NUMBER:
+        raise RuleError(f"{where}.value", f"how many times: a whole number from 0 to {MAX_NUMBER}")
     days: Any = raw.get("within_days")
     if not is_number(days) or not 0 < days <= max_days:
-        limit = f" and at most {max_days:g} (events are kept that long)" if math.isfinite(max_days) else ""
+        limit = f" and at most {max_days:g}" if math.isfinite(max_days) else ""
         raise RuleError(f"{where}.within_days", f"a number of days above 0{limit}")
     condition = None
     if raw.get("where") is not None:
         condition = _parse(raw["where"], f"{where}.where", PROPERTIES, max_days, counter, depth + 1)
     return Behaviour(event, condition, op, count, days)  # days as written: 30 stays 30
+
+
+def _check_storable(value: Any, where: str) -> None:
+    """Every number within +-MAX_NUMBER, nesting within MAX_VALUE_NESTING (a loop: the body may
+    nest deeper than Python's stack)."""
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level == MAX_VALUE_NESTING:
+                raise RuleError(where, f"a value nests objects and lists at most {MAX_VALUE_NESTING} levels deep")
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool) and not abs(item) <= MAX_NUMBER:
+            raise RuleError(where, f"numbers in a rule lie between -{MAX_NUMBER} and {MAX_NUMBER}; "
+                                   f"{_short(item)} does not")
+
+
+def _short(number: float) -> str:
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def _orderable(value: Any) -> bool:
@@ -384,10 +410,38 @@ def _count_test(op: str, counts: NDArray[np.int64], n: int) -> Mask:
     return tested
 
 
+class Coded(Sequence[Any]):
+    """A column as its distinct values and, per row, which one (as a category): a condition is
+    tested once per distinct value, then spread to the rows by their codes."""
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        found: dict[tuple[type, Any], int] = {}  # by type too: 1, 1.0 and True are different values
+        self.categories: list[Any] = []
+        codes = np.empty(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            code = found.get((type(v), v))
+            if code is None:
+                code = found[(type(v), v)] = len(self.categories)
+                self.categories.append(v)
+            codes[i] = code
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.categories[c] for c in self.codes[index]]
+        return self.categories[self.codes[index]]
+
+
 def test_column(op: str, column: Sequence[Any] | NDArray[np.float64], value: Any, size: int) -> Mask:
     """One condition over a column: numpy for number columns (NaN is missing) and for numeric
     comparisons of mixed columns, a set for equality with texts, else `test_value` per value.
     Each fast path gives exactly what `test_value` gives (the tests hold them to it)."""
+    if isinstance(column, Coded):
+        tested: Mask = test_column(op, column.categories, value, len(column.categories))[column.codes]
+        return tested
     if isinstance(column, np.ndarray):
         return _test_numbers(op, column, value)
     values = value if op in ("in", "not_in", "between") else (value,)

@@ -11,8 +11,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,14 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.auth import resolve_credentials
 from shared.bus import Bus, create_bus
 from shared.clock import Clock
-from shared.consumer import ConsumerLoop, Handlers
+from shared.consumer import ConsumerLoop, Handlers, Transaction
+from shared.customer_locks import CustomerLocks
 from shared.errors import install_error_handlers
+from shared.identity import resolve_erasure_key, use_erasure_key
 from shared.observability import RequestContextMiddleware
 from shared.outbox import Outbox, OutboxRelay, write_outbox
+from shared.periodic import run_once_per_interval
 from shared.settings import ServiceSettings
-from shared.store import BusTables, Store
+from shared.store import BusTables, Store, hold_lock, run_through_conflicts
 
 log = logging.getLogger("funnelstream.service")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,11 +49,27 @@ class ServiceParts:
     migrations: Path
     routers: list[APIRouter]
     handlers: Handlers = field(default_factory=dict)
+    # Runs first in every consumed batch's transaction, before any handler (the service's locks).
+    prepare_batch: Callable[[Transaction], Awaitable[None]] | None = None
+    # Locked next, on PostgreSQL: the customers each batch's events name (replicas take turns on them).
+    customer_locks: CustomerLocks | None = None
     description: str = ""
     # Long-running tasks started with the service (pipelines): (name, task(runtime)).
     workers: list[tuple[str, Callable[[Runtime], Coroutine[Any, Any, None]]]] = field(default_factory=list)
-    # Jobs run every `seconds` (schedulers, pruning): (name, seconds, job(runtime)).
-    periodic: list[tuple[str, float, Callable[[Runtime], Awaitable[None]]]] = field(default_factory=list)
+    # Jobs run every `seconds` (schedulers, pruning): (name, seconds, job(runtime)) or a `Periodic`;
+    # once per interval across replicas unless `every_replica`.
+    periodic: list[tuple[str, float, Callable[[Runtime], Awaitable[None]]] | Periodic] = field(default_factory=list)
+
+
+class Periodic(NamedTuple):
+    """A job run every `seconds`: by one replica per interval (a lease in the store, see
+    shared/periodic.py), or by `every_replica` when replicas already share its work out
+    among themselves (each claims its own rows)."""
+
+    name: str
+    seconds: float
+    job: Callable[[Runtime], Awaitable[None]]
+    every_replica: bool = False
 
 
 @dataclass
@@ -74,6 +96,18 @@ class Runtime:
             await write_outbox(session, self.tables, outbox)
         self.relay.wake()
 
+    async def job(self, name: str, work: Callable[[AsyncSession, Outbox, datetime], Awaitable[T]]) -> T:
+        """A job's one transaction (`changing`), given the time to work at. Runs of one job take
+        turns (the scheduled one and one on demand, or two replicas' at an interval's edge: both
+        would see the same rows to move) and each reads the clock once its turn has come (a run
+        that waited must not undo the later time of the one it waited for). One the database
+        aborted as a deadlock victim (it met a consumed batch on the same rows) runs again."""
+        async def once() -> T:
+            async with self.changing() as (session, outbox):
+                await hold_lock(session, name)
+                return await work(session, outbox, self.clock.now())
+        return await run_through_conflicts(name, once)
+
     def start_tasks(self, parts: ServiceParts) -> None:
         """Start the relay, consumer, workers and periodic jobs (again, after a restart)."""
         self.stopping = asyncio.Event()
@@ -85,8 +119,9 @@ class Runtime:
                 asyncio.create_task(_supervise(self.consumer, self.stopping), name=f"{parts.name}-consumer"))
         for name, worker in parts.workers:
             self.tasks.append(asyncio.create_task(worker(self), name=name))
-        for name, seconds, job in parts.periodic:
-            self.tasks.append(asyncio.create_task(_every(seconds, job, self, name), name=name))
+        for entry in parts.periodic:
+            periodic = Periodic(*entry)
+            self.tasks.append(asyncio.create_task(_every(periodic, self, parts.name), name=periodic.name))
 
     async def stop_tasks(self, grace: float = 10.0) -> None:
         """Let every task finish its transaction in hand; cancel only what is still busy after
@@ -112,7 +147,7 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
     relay = OutboxRelay(store, parts.tables, the_bus)
     consumer = (
         ConsumerLoop(parts.name, the_bus, store, parts.tables, parts.handlers, relay, settings.bus_max_attempts,
-                     now=lambda: runtime.clock.now())
+                     now=lambda: runtime.clock.now(), prepare=parts.prepare_batch, customer_locks=parts.customer_locks)
         if parts.handlers
         else None
     )
@@ -142,6 +177,7 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.credentials = resolve_credentials(settings)
+    use_erasure_key(resolve_erasure_key(settings))
     install_operational_shell(app, parts.name, settings.cors_origins)
     app.include_router(operations_router(parts.name))
     for router in parts.routers:
@@ -174,10 +210,15 @@ async def _supervise(consumer: ConsumerLoop, stopping: asyncio.Event) -> None:
             await _sleep_unless(stopping, 2)
 
 
-async def _every(seconds: float, job: Callable[[Runtime], Awaitable[None]], runtime: Runtime, name: str) -> None:
+async def _every(periodic: Periodic, runtime: Runtime, service: str) -> None:
+    name, seconds, job, every_replica = periodic
     while not await _sleep_unless(runtime.stopping, seconds):
         try:
-            await job(runtime)
+            if every_replica:
+                await job(runtime)
+            else:
+                await run_once_per_interval(runtime.store, runtime.tables.periodic, service, name, seconds,
+                                            lambda: job(runtime))
         except Exception:
             log.exception("periodic job %s failed; next try in %s s", name, seconds)
 

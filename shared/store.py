@@ -8,14 +8,16 @@ written in that same transaction and relayed to the bus after commit).
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import weakref
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -36,6 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -54,6 +57,9 @@ NAMING_CONVENTION = {
 
 # A 64-bit id on PostgreSQL, the rowid alias (needed for autoincrement) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+log = logging.getLogger("funnelstream.store")
+T = TypeVar("T")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -76,10 +82,75 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, for the two dialects we run on."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+def dialect_of(db: AsyncSession | AsyncConnection) -> str:
+    """The dialect's name ("postgresql" or "sqlite") of a session or a connection."""
+    if isinstance(db, AsyncConnection):
+        return db.dialect.name
+    return db.bind.dialect.name if db.bind is not None else "sqlite"
+
+
+def insert_ignoring_conflicts(table: Table, db: AsyncSession | AsyncConnection) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, in the dialect of `db` (PostgreSQL or SQLite)."""
+    insert = pg_insert if dialect_of(db) == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_nothing()
+
+
+# PostgreSQL aborts one transaction of a deadlock (40P01) and, above read committed, one that
+# cannot be serialised (40001); run again, it succeeds. Nothing about the data was wrong.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+# A unique key another transaction inserted after this one looked for it (two replicas creating
+# one stitched customer's row): run again, the lookup finds it. Also what a real bug raises every
+# time, so only worth a few more runs.
+RACE_SQLSTATE = "23505"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, wherever it sits in the exception's chain."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for link in chain:
+        for error in (link, getattr(link, "orig", None)):
+            state = getattr(error, "sqlstate", None)
+            if isinstance(state, str):
+                return state
+    return None
+
+
+CONFLICT_RUNS = 5  # runs of a job the database keeps aborting before its caller hears of it
+
+
+async def run_through_conflicts(name: str, work: Callable[[], Awaitable[T]]) -> T:
+    """`work` (a job of whole transactions), run again at once when the database aborted it as a
+    deadlock victim or for a serialization failure: a pass that met a consumed batch on the same rows
+    is not wrong, and waiting for the next interval would only delay what it finds."""
+    for attempt in range(1, CONFLICT_RUNS + 1):
+        try:
+            return await work()
+        except Exception as exc:
+            if sqlstate(exc) not in CONFLICT_SQLSTATES or attempt == CONFLICT_RUNS:
+                raise
+            log.info("job %s hit a conflict (SQLSTATE %s); running it again", name, sqlstate(exc))
+            await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock key of a named lock (one key space per database)."""
+    return zlib.crc32(f"funnelstream:{name}".encode())
+
+
+async def hold_lock(session: AsyncSession, name: str, shared: bool = False) -> None:
+    """Take the lock `name` until the transaction ends. Shared holders go together; an exclusive
+    holder waits for them to commit and makes later ones wait for it. Take it first in the
+    transaction (before any row lock), so it cannot be part of a deadlock. PostgreSQL: an advisory
+    transaction lock. SQLite: nothing to take, a write transaction is alone already."""
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await session.execute(text(f"SELECT {function}(:key)"), {"key": lock_key(name)})
 
 
 def make_metadata() -> MetaData:
@@ -90,6 +161,7 @@ def make_metadata() -> MetaData:
 class BusTables:
     processed: Table
     outbox: Table
+    periodic: Table
 
 
 def add_bus_tables(metadata: MetaData) -> BusTables:
@@ -108,7 +180,17 @@ def add_bus_tables(metadata: MetaData) -> BusTables:
         Column("value", LargeBinary, nullable=False),
         Column("headers", LargeBinary, nullable=False),  # JSON, written by orjson
     )
-    return BusTables(processed, outbox)
+    return BusTables(processed, outbox, Table("periodic_runs", metadata, *_periodic_runs_columns()))
+
+
+def _periodic_runs_columns() -> list[Column[Any]]:
+    """Per periodic job, when its last successful run started (wall clock) and how many runs there
+    were: replicas skip a job that ran less than an interval ago (see shared/periodic.py)."""
+    return [
+        Column("job", String(100), primary_key=True),
+        Column("last_started_at", UTCDateTime, nullable=False),
+        Column("runs", BigInteger, nullable=False),
+    ]
 
 
 class Store:
@@ -119,7 +201,9 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
-        self.engine: AsyncEngine = create_async_engine(url, echo=echo, **_engine_options(url))
+        # hide_parameters: a database error's text (logged, kept in dead letter headers) names the
+        # statement, never the values, which may be a customer's email or phone.
+        self.engine: AsyncEngine = create_async_engine(url, echo=echo, hide_parameters=True, **_engine_options(url))
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -207,6 +291,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA secure_delete=ON")  # erased rows are zeroed, not left readable in free space
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -229,6 +314,11 @@ def create_bus_tables(op: Any) -> None:
         Column("value", LargeBinary, nullable=False),
         Column("headers", LargeBinary, nullable=False),
     )
+
+
+def create_periodic_runs_table(op: Any) -> None:
+    """For the migration that brought periodic jobs once per interval across replicas."""
+    op.create_table("periodic_runs", *_periodic_runs_columns())
 
 
 def drop_bus_tables(op: Any) -> None:

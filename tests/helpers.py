@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from shared import runner
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 READER = {"Authorization": "Bearer dev-reader-key"}
@@ -52,17 +54,8 @@ def start_process(module: str, env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not healthy in {timeout}s:\n{log.read_text()[-3000:]}")
+    problem = runner.wait_until_healthy(url, process, timeout)
+    assert problem is None, f"{url} {problem}:\n{log.read_text()[-3000:]}"
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -74,17 +67,34 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def eventually(check, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Await `check()` until it returns a truthy value (asynchronous effects: pipelines, consumers)."""
+async def eventually(check, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Await `check()` until it returns a truthy value (asynchronous effects: pipelines, consumers).
+    The one polling helper of the async tests; `what` names the awaited effect in the failure."""
     import asyncio
 
     deadline = time.monotonic() + timeout
     while True:
         result = await check()
         if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout}s (last value: {result!r})"
+            assert result, f"{what} not met within {timeout}s (last value: {result!r})"
             return result
         await asyncio.sleep(interval)
+
+
+async def read_topic(bus: Any, topic: str) -> list[Any]:
+    """Every record on `topic` so far, read by a consumer group of the caller's own (no other
+    group's offsets move)."""
+    import uuid
+
+    consumer = bus.consumer(f"test-reader-{uuid.uuid4().hex[:8]}", [topic])
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        while batch := await consumer.poll(timeout=0.2):
+            records += batch
+    finally:
+        await consumer.stop()
+    return records
 
 
 async def rewind(bus_path: Path, group: str, topics: list[str]) -> None:

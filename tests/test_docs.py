@@ -1,14 +1,14 @@
 """The docs stay true to the code: every setting is in the README table."""
 from __future__ import annotations
 
-from shared.settings_table import env_vars, settings_classes
+from services.settings_table import env_vars, settings_classes
 from tests.helpers import ROOT
 
 
 def test_readme_lists_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [v for _, cls in settings_classes() for v, _, _ in env_vars(cls) if f"`{v}`" not in readme]
-    assert not missing, f"add these to the README settings table (python -m shared.settings_table): {missing}"
+    assert not missing, f"add these to the README settings table (python -m services.settings_table): {missing}"
 
 
 def test_readme_opens_with_the_two_commands():

@@ -3,7 +3,9 @@ closing them, moving them by the clock, and the reminders that go with each move
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.followup.policies import DEFAULT_POLICIES, Policy, parse_policy
 from services.followup.store import deliveries, followups, memberships, policies, stages
 from shared.events import FollowupChanged, stable_id, to_iso
-from shared.outbox import Outbox
 from shared.identity import chunks
+from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
 
 OPEN = ("pending", "due", "overdue")
@@ -42,6 +44,100 @@ async def current_policies(session: AsyncSession) -> dict[str, Versioned]:
     return found
 
 
+async def policies_after(session: AsyncSession, after: str | None, limit: int) -> list[tuple[str, Versioned]]:
+    """A page of the listing: the defaults first in their fixed order, then custom policies by
+    key; the `limit` first after key `after` (None: from the start). A keyset, so `after` need not
+    exist any more."""
+    defaults = list(DEFAULT_POLICIES)
+    if after is None:
+        first = defaults
+    else:
+        first = defaults[defaults.index(after) + 1:] if after in DEFAULT_POLICIES else []
+    held = await current_policies(session) if first else {}  # the defaults as edited
+    page = [(key, held[key]) for key in first if key in held][:limit]
+    query = (select(policies.c.key, policies.c.version, policies.c.definition)
+             .where(policies.c.current == 1, policies.c.deleted == 0, policies.c.key.not_in(defaults))
+             .order_by(policies.c.key).limit(limit - len(page)))
+    if after is not None and after not in DEFAULT_POLICIES:
+        query = query.where(policies.c.key > after)
+    return page + [(key, Versioned(parse_policy(orjson.loads(definition)), version))
+                   for key, version, definition in await session.execute(query)]
+
+
+async def write_version(session: AsyncSession, key: str, definition: dict[str, Any], now: datetime,
+                        deleted: bool = False) -> int:
+    """A new version of policy `key` becomes the one in force (a default's first edit is version 2)."""
+    latest = await session.scalar(select(policies.c.version).where(policies.c.key == key).order_by(policies.c.version.desc()).limit(1))
+    version = (latest or (1 if key in DEFAULT_POLICIES else 0)) + 1
+    await session.execute(update(policies).where(policies.c.key == key).values(current=0))
+    await session.execute(insert(policies).values(key=key, version=version, definition=orjson.dumps(definition).decode(),
+                                                  current=1, deleted=int(deleted), created_at=now))
+    return version
+
+
+async def reschedule_open(session: AsyncSession, key: str, policy: Policy, shift: timedelta, version: int,
+                          now: datetime, outbox: Outbox, grace: timedelta) -> None:
+    """Follow-ups open under policy `key` take its new channel, priority, assignee and version,
+    and are due `shift` later (pending again); each move is published as a snooze."""
+    is_open = and_(followups.c.policy == key, followups.c.status.in_(OPEN))
+    for row in (await session.execute(select(followups.c.id, followups.c.due_at).where(is_open))).all():
+        await session.execute(update(followups).where(followups.c.id == row.id).values(
+            due_at=row.due_at + shift, status="pending", channel=policy.channel, priority=policy.priority,
+            assignee=policy.assignee, policy_version=version))
+        await publish(session, row.id, "snoozed", now, outbox, grace)
+
+
+async def cancel_open(session: AsyncSession, key: str, reason: str, now: datetime, outbox: Outbox,
+                      grace: timedelta) -> list[str]:
+    """Every follow-up open under policy `key` is cancelled. Returns their ids."""
+    return await close(session, followups.c.policy == key, "cancelled", now, outbox, grace, reason)
+
+
+async def find(session: AsyncSession, followup_id: str) -> Any:
+    """The follow-up's row, or None."""
+    return (await session.execute(select(followups).where(followups.c.id == followup_id))).first()
+
+
+async def page(session: AsyncSession, now: datetime, grace: timedelta, limit: int, after: tuple[datetime, str] | None,
+               status: str | None = None, assignee: str | None = None, customer_id: str | None = None,
+               due_before: datetime | None = None) -> list[Any]:
+    """Up to `limit` follow-ups matching the filters (status by the clock at `now`), soonest due
+    first, after the (due_at, id) key `after`."""
+    query = select(followups).order_by(followups.c.due_at, followups.c.id).limit(limit)
+    if status:
+        query = query.where(status_filter(status, now, grace))
+    if assignee:
+        query = query.where(followups.c.assignee == assignee)
+    if customer_id:
+        query = query.where(followups.c.customer_id == customer_id)
+    if due_before:
+        query = query.where(followups.c.due_at < due_before)
+    if after:
+        at, last_id = after
+        query = query.where((followups.c.due_at > at) | ((followups.c.due_at == at) & (followups.c.id > last_id)))
+    return list((await session.execute(query)).all())
+
+
+async def on_time_stats(session: AsyncSession, start: datetime, end: datetime, now: datetime,
+                        grace: timedelta) -> list[dict[str, Any]]:
+    """Per assignee and channel, among follow-ups due in [start, end): done on time (before they
+    became overdue), done late, overdue now, open, cancelled; by assignee then channel."""
+    rows = (await session.execute(select(followups.c.assignee, followups.c.channel, followups.c.status, followups.c.due_at,
+                                         followups.c.completed_at)
+                                  .where(followups.c.due_at >= start, followups.c.due_at < end))).all()
+    counts: dict[tuple[str | None, str], dict[str, int]] = defaultdict(
+        lambda: {"done_on_time": 0, "done_late": 0, "overdue": 0, "open": 0, "cancelled": 0})
+    for r in rows:
+        bucket = counts[(r.assignee, r.channel)]
+        if r.status == "done":
+            bucket["done_on_time" if r.completed_at < r.due_at + grace else "done_late"] += 1
+        elif r.status == "cancelled":
+            bucket["cancelled"] += 1
+        else:
+            bucket["overdue" if status_at(r.status, r.due_at, now, grace) == "overdue" else "open"] += 1
+    return [{"assignee": a, "channel": c, **n} for (a, c), n in sorted(counts.items(), key=lambda i: (i[0][0] or "", i[0][1]))]
+
+
 def status_at(status: str, due_at: datetime, now: datetime, grace: timedelta) -> str:
     """The status the clock gives an open follow-up (done and cancelled never move)."""
     if status in FINAL:
@@ -61,10 +157,6 @@ def as_json(row: Any, now: datetime, grace: timedelta) -> dict[str, Any]:
     }
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind else "sqlite"
-
-
 async def create(session: AsyncSession, versioned: Versioned, customer: str, due_at: datetime, reason: str,
                  trigger_key: str, now: datetime, outbox: Outbox, grace: timedelta) -> str | None:
     """A follow-up under a policy, unless this trigger made one already or one is open for the
@@ -75,10 +167,11 @@ async def create(session: AsyncSession, versioned: Versioned, customer: str, due
            "channel": policy.channel, "priority": policy.priority, "assignee": policy.assignee, "status": "pending",
            "due_at": due_at, "created_at": now, "reason": reason, "open_slot": f"{customer}|{policy.key}",
            "trigger_key": trigger_key}
-    result = await session.execute(insert_ignoring_conflicts(followups, _dialect(session)).values(row))
+    result = await session.execute(insert_ignoring_conflicts(followups, session).values(row))
     if not result.rowcount:  # type: ignore[attr-defined]
         return None
-    await publish(session, followup_id, "created", now, outbox, grace)
+    # The row as inserted (no read back: one statement less per follow-up a batch creates).
+    _publish_row(SimpleNamespace(**row, completed_at=None, outcome=None, note=None), "created", now, outbox, grace)
     return followup_id
 
 
@@ -95,8 +188,13 @@ async def publish(session: AsyncSession, followup_id: str, change: str, at: date
     """The follow-up as the API shows it at `at` (or with `status`, the move being published),
     on followups.v1."""
     row = (await session.execute(select(followups).where(followups.c.id == followup_id))).one()
+    return _publish_row(row, change, at, outbox, grace, status)
+
+
+def _publish_row(row: Any, change: str, at: datetime, outbox: Outbox, grace: timedelta,
+                 status: str | None = None) -> dict[str, Any]:
     body = as_json(row, at, grace) | ({"status": status} if status else {})
-    outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=followup_id, change=change,  # type: ignore[arg-type]
+    outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=row.id, change=change,  # type: ignore[arg-type]
                                    policy=row.policy, at=at, followup=body))
     return body
 
@@ -112,6 +210,30 @@ async def close(session: AsyncSession, where: Any, status: str, now: datetime, o
         for followup_id in ids:
             await publish(session, followup_id, "completed" if status == "done" else "cancelled", now, outbox, grace)
     return ids
+
+
+async def complete(session: AsyncSession, followup_id: str, outcome: str, note: str | None, now: datetime,
+                   outbox: Outbox, grace: timedelta) -> None:
+    """The follow-up is done (if still open), with its outcome."""
+    await close(session, followups.c.id == followup_id, "done", now, outbox, grace, None, outcome=outcome, note=note)
+
+
+async def cancel(session: AsyncSession, followup_id: str, reason: str, now: datetime, outbox: Outbox,
+                 grace: timedelta) -> None:
+    await close(session, followups.c.id == followup_id, "cancelled", now, outbox, grace, reason)
+
+
+async def snooze(session: AsyncSession, followup_id: str, until: datetime, now: datetime, outbox: Outbox,
+                 grace: timedelta) -> None:
+    """Due again at `until`, pending until then."""
+    await session.execute(update(followups).where(followups.c.id == followup_id).values(due_at=until, status="pending"))
+    await publish(session, followup_id, "snoozed", now, outbox, grace)
+
+
+async def assign(session: AsyncSession, followup_id: str, assignee: str | None, now: datetime, outbox: Outbox,
+                 grace: timedelta) -> None:
+    await session.execute(update(followups).where(followups.c.id == followup_id).values(assignee=assignee))
+    await publish(session, followup_id, "assigned", now, outbox, grace)
 
 
 async def cancel_for(session: AsyncSession, customer: str, policy_keys: list[str], reason: str, now: datetime,
@@ -169,7 +291,7 @@ async def sweep(session: AsyncSession, now: datetime, grace: timedelta, urls: li
                                                policy=row.policy, at=now, followup=body))
                 reminders += _reminders(row.id, status, body, urls, now)
             for start in range(0, len(reminders), 5000):
-                await session.execute(insert_ignoring_conflicts(deliveries, _dialect(session)), reminders[start:start + 5000])
+                await session.execute(insert_ignoring_conflicts(deliveries, session), reminders[start:start + 5000])
             moved += len(rows)
     return moved
 

@@ -1,4 +1,4 @@
-"""Follow-up policies (API.md section 5): parsing with errors that name the bad part, and the
+"""Follow-up policies (docs/api.md section 5): parsing with errors that name the bad part, and the
 default policies. Pure: no I/O, no clock."""
 from __future__ import annotations
 
@@ -167,4 +167,7 @@ DEFAULT_POLICIES = {p.key: p for p in (parse_policy(raw) for raw in (
      "due_in_hours": 24, "cancel_on": [{"stage_entered": {"funnel": "lifecycle", "stage": "purchase"}}]},
     {"key": "satisfaction_after_purchase_7d", "name": "Ask about satisfaction a week after a purchase", "channel": "email",
      "trigger": {"on": "stage_entered", "funnel": "lifecycle", "stage": "purchase"}, "due_in_hours": 168},
+    # Leaving nps:detractor (the customer's next NPS answer is not a detractor's) cancels it.
+    {"key": "detractor_callback_24h", "name": "Call back a detractor (NPS 0-6) within a day", "channel": "phone",
+     "priority": "high", "trigger": {"on": "segment_entered", "segment": "nps:detractor"}, "due_in_hours": 24},
 ))}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Index, Integer, LargeBinary, String, Table, Text
 
+from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables
 from shared.store import UTCDateTime, add_bus_tables, make_metadata
 
 metadata = make_metadata()
 bus_tables = add_bus_tables(metadata)
 links, erasures = add_identity_tables(metadata)
+customer_locks = add_customer_locks(metadata, links)  # taken by each consumed batch
 
 # Every version of every policy that was written (the defaults are version 1 until edited).
 policies = Table(

@@ -1,7 +1,7 @@
 """python -m services.funnel: serve the funnel API and run its consumers."""
 from services.funnel.app import create_app
 from services.funnel.settings import FunnelSettings
-from shared.runner import serve
+from shared.runner import load, serve
 
-settings = FunnelSettings()
+settings = load(FunnelSettings)
 serve(settings, lambda: create_app(settings))

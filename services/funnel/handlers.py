@@ -8,6 +8,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.store import (
+    bus_tables,
     erasures,
     events,
     links,
@@ -16,11 +17,11 @@ from services.funnel.store import (
     traits,
     transitions,
 )
-from services.funnel.tracking import Pending, definitions, record, recount, remove_attempts
-from shared.consumer import Handlers, Transaction
-from shared.events import CustomerErased, CustomerLinked, Event, Interaction, SegmentChanged
-from shared.identity import canonical_ids, erase, merge_traits
-from shared.store import insert_ignoring_conflicts
+from services.funnel.tracking import Pending, definitions, delete_attempts, record, recount, remove_attempts
+from shared.consumer import Handlers, Transaction, handlers_of, on
+from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, Interaction, SegmentChanged
+from shared.identity import canonical_ids, drop_outgoing_about, erase, merge_traits, on_erasure_recorded, relink
+from shared.keyed_rows import Key, read_keyed, write_keyed
 
 
 def make_handlers(retention_days: float) -> Handlers:
@@ -36,8 +37,7 @@ def make_handlers(retention_days: float) -> Handlers:
 
         tx.defer("funnel.recount", recount_dirty)
 
-    async def on_interaction(event: Event, tx: Transaction) -> None:
-        assert isinstance(event, Interaction)
+    async def on_interaction(event: Interaction, tx: Transaction) -> None:
         pending(tx).interactions.append(event)
 
         async def record_batch() -> None:
@@ -47,13 +47,11 @@ def make_handlers(retention_days: float) -> Handlers:
 
         tx.defer("funnel.record", record_batch)
 
-    async def on_linked(event: Event, tx: Transaction) -> None:
+    async def on_linked(event: CustomerLinked, tx: Transaction) -> None:
         """The merged id's events and matches become the customer's; their paths are one now."""
-        assert isinstance(event, CustomerLinked)
+        await record_segment_changes(tx)  # the segment changes before it first, as they came
         session, merged, customer = tx.session, event.merged_id, event.customer_id
-        dialect = session.bind.dialect.name if session.bind else "sqlite"
-        await session.execute(update(links).where(links.c.customer_id == merged).values(customer_id=customer))
-        await session.execute(insert_ignoring_conflicts(links, dialect).values(alias_id=merged, customer_id=customer))
+        await relink(session, links, merged, customer)
         for table in (events, matches):
             await session.execute(update(table).where(table.c.customer_id == merged).values(customer_id=customer))
         # One customer, one path: the recount records the merged path's stages for the customer
@@ -65,31 +63,47 @@ def make_handlers(retention_days: float) -> Handlers:
             pending(tx).dirty[funnel.key].add(customer)
         schedule_recount(tx)
 
-    async def on_erased(event: Event, tx: Transaction) -> None:
-        assert isinstance(event, CustomerErased)
+    async def on_erased(event: CustomerErased, tx: Transaction) -> None:
+        await record_segment_changes(tx)
         everyone = [event.customer_id, *event.merged_ids]
         everyone += list((await tx.session.execute(select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
-        await remove_attempts(tx.session, everyone)  # markers without data; the cleanup deletes them
-        everyone = await erase(tx.session, links, erasures, event, (events, matches, transitions, segment_members, traits))
+        await delete_attempts(tx.session, everyone)
+        everyone = await erase(tx.session, links, erasures, event, (events, matches, transitions, segment_members, traits),
+                               bus_tables.outbox)
         for dirty in pending(tx).dirty.values():
             dirty.difference_update(everyone)
+        drop_outgoing_about(tx, everyone)
 
-    async def on_segment_changed(event: Event, tx: Transaction) -> None:
-        """Membership now, for `breakdown=segment:<key>`: the latest change by time wins."""
-        assert isinstance(event, SegmentChanged)
-        session = tx.session
-        customer = (await canonical_ids(session, links, [event.customer_id])).get(event.customer_id, event.customer_id)
-        key = (segment_members.c.customer_id == customer, segment_members.c.segment == event.segment)
-        held = await session.scalar(select(segment_members.c.at).where(*key))
-        member = int(event.change == "entered")
-        if held is None:
-            await session.execute(insert(segment_members).values(
-                customer_id=customer, segment=event.segment, member=member, at=event.at))
-        elif event.at >= held:
-            await session.execute(update(segment_members).where(*key).values(member=member, at=event.at))
+    async def on_hashed_erasure(event: ErasureRecorded, tx: Transaction) -> None:
+        await on_erasure_recorded(tx.session, erasures, event)
 
-    return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased],
-            SegmentChanged: [on_segment_changed]}
+    async def on_segment_changed(event: SegmentChanged, tx: Transaction) -> None:
+        """Membership now, for `breakdown=segment:<key>`: the latest change by time wins (kept for
+        the whole batch at once before its end, or before a link or erasure in it)."""
+        tx.state.setdefault("funnel.segments", []).append(event)
+        tx.defer("funnel.segments", lambda: record_segment_changes(tx))
+
+    async def record_segment_changes(tx: Transaction) -> None:
+        changes: list[SegmentChanged] = tx.state.pop("funnel.segments", [])
+        if not changes:
+            return
+        canonical = await canonical_ids(tx.session, links, (e.customer_id for e in changes))
+        moves = [(canonical.get(e.customer_id, e.customer_id), e) for e in changes]
+        held = await read_keyed(tx.session, segment_members, "segment", ((c, e.segment) for c, e in moves))
+        written: dict[Key, dict[str, object]] = {}
+        inserted: set[Key] = set()
+        for customer, event in moves:
+            key = (customer, event.segment)
+            if key not in held:
+                inserted.add(key)
+            elif event.at < held[key]["at"]:
+                continue
+            held[key] = written[key] = {"customer_id": customer, "segment": event.segment,
+                                        "member": int(event.change == "entered"), "at": event.at}
+        await write_keyed(tx.session, segment_members, "segment", written, inserted)
+
+    return handlers_of(on(Interaction, on_interaction), on(CustomerLinked, on_linked), on(CustomerErased, on_erased),
+                       on(ErasureRecorded, on_hashed_erasure), on(SegmentChanged, on_segment_changed))
 
 
 async def _merge_traits(session: AsyncSession, merged: str, customer: str) -> None:

@@ -1,4 +1,4 @@
-"""Funnels as pure functions (API.md section 4): definitions, which stages an event matches, the
+"""Funnels as pure functions (docs/api.md section 4): definitions, which stages an event matches, the
 counted attempt of a customer, and the report over counted attempts. No I/O, no clock.
 
 The counted attempt (PostHog's ordered funnel): events e1..ek matching stages 1..k, each a
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from shared.rules import PROPERTIES, Rule, RuleError, matches, parse, to_json
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 MAX_STAGES = 20
+MAX_DAYS = 36_500  # windows of up to a century: any longer and window ends leave the calendar
 DAY = 86400.0
 
 
@@ -99,8 +102,8 @@ def parse_funnel(raw: Any, key: str | None = None) -> Funnel:
     key = checked_key(key if key is not None else raw.get("key"), "key")
     name = checked_name(raw.get("name", key), "name")
     window = raw.get("conversion_window_days")
-    if not _positive(window):
-        raise RuleError("conversion_window_days", "a number of days above 0")
+    if not _days(window):
+        raise RuleError("conversion_window_days", f"a number of days above 0 and at most {MAX_DAYS}")
     stages = raw.get("stages")
     if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
         raise RuleError("stages", f"a list of 1-{MAX_STAGES} stages")
@@ -119,9 +122,9 @@ def _stage(raw: Any, where: str, first: bool) -> Stage:
     key = checked_key(raw.get("key"), f"{where}.key")
     name = checked_name(raw.get("name", key), f"{where}.name")
     sla = raw.get("max_days_from_previous")
-    if sla is not None and (first or not _positive(sla)):
+    if sla is not None and (first or not _days(sla)):
         raise RuleError(f"{where}.max_days_from_previous",
-                        "the first stage has no previous one" if first else "a number of days above 0")
+                        "the first stage has no previous one" if first else f"a number of days above 0 and at most {MAX_DAYS}")
     match = raw.get("match")
     if isinstance(match, list) and match:
         matches_ = tuple(_match(m, f"{where}.match[{i}]") for i, m in enumerate(match))
@@ -154,8 +157,8 @@ def _names(value: Any, where: str) -> tuple[str, ...] | None:
     return tuple(values)
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def _days(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_DAYS
 
 
 LIFECYCLE = parse_funnel({
@@ -171,6 +174,25 @@ LIFECYCLE = parse_funnel({
         {"key": "loyalty", "name": "Loyalty (a second order)", "match": {"type": "track", "event": "Order Completed"}},
     ],
 })
+
+SALES = parse_funnel({
+    "key": "sales", "name": "Sales process", "conversion_window_days": 180,
+    "stages": [
+        {"key": "lead", "name": "Lead", "match": [
+            {"type": "track", "event": "Lead Created"},
+            {"type": "identify", "where": {"field": "traits.email", "op": "exists", "value": True}}]},
+        {"key": "screening", "name": "Screening", "match": {"type": "track", "event": "Lead Qualified"}},
+        {"key": "development", "name": "Development", "match": {"type": "track", "event": [
+            "Meeting Booked", "Demo Completed", "Quote Sent"]}},
+        {"key": "conversion", "name": "Conversion", "match": {"type": "track", "event": "Order Completed"}},
+        {"key": "maintenance", "name": "Maintenance (a later order or a renewal)", "match": {"type": "track", "event": [
+            "Order Completed", "Subscription Renewed"]}},
+    ],
+})
+
+# The built-in funnels (docs/api.md section 4): always present, editable, not deletable; listed first.
+BUILT_INS = (LIFECYCLE, SALES)
+BUILT_IN_KEYS = tuple(f.key for f in BUILT_INS)
 
 
 # --- the counted attempt -------------------------------------------------------------------------
@@ -283,3 +305,167 @@ def report(funnel: Funnel, depth: NDArray[np.int64], first_at: NDArray[np.float6
 def median(values: NDArray[np.float64]) -> float | None:
     """The middle value; the mean of the two middle ones for an even count; None for none."""
     return float(np.median(values)) if len(values) else None
+
+
+# --- journey analytics (docs/api.md section 9) -----------------------------------------------------
+
+JOURNEY_TYPES = ("page", "track", "identify")  # the events a journey keeps: touchpoints and what paths name
+
+
+def step_name(type_: str, name: str | None) -> str:
+    """How touchpoints and paths name an event: a track's name, `page:<name>` (`page` without a
+    name), `identify`."""
+    if type_ == "page":
+        return f"page:{name}" if name else "page"
+    return name or type_ if type_ == "track" else type_
+
+
+INTERVALS = ("day", "week", "month")
+MAX_PERIODS = 1000  # 2.7 years by day, 19 by week, 83 by month: a longer range is a 422, not a minute of work
+MONDAY = 4 * DAY  # 1970-01-05, the first Monday after the epoch
+
+
+def period_floor(at: float, interval: str) -> float:
+    """The UTC start of the period holding `at` (weeks start on Monday)."""
+    if interval == "day":
+        return math.floor(at / DAY) * DAY
+    if interval == "week":
+        return math.floor((at - MONDAY) / (7 * DAY)) * 7 * DAY + MONDAY
+    moment = datetime.fromtimestamp(at, UTC)
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp()
+
+
+def period_after(start: float, interval: str) -> float:
+    if interval == "day":
+        return start + DAY
+    if interval == "week":
+        return start + 7 * DAY
+    moment = datetime.fromtimestamp(start, UTC)
+    return datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC).timestamp()
+
+
+def period_starts(start: float, end: float, interval: str) -> list[float] | None:
+    """The starts of the periods meeting [start, end), the first one at or before `start`; None
+    when there are more than MAX_PERIODS."""
+    starts = [period_floor(start, interval)]
+    while (following := period_after(starts[-1], interval)) < end:
+        if len(starts) == MAX_PERIODS:
+            return None
+        starts.append(following)
+    return starts
+
+
+def trends(funnel: Funnel, depth: NDArray[np.int64], first_at: NDArray[np.float64], starts: list[float]) -> list[dict[str, Any]]:
+    """Per period (by t1, one row per customer of the cohort): entered per stage and the overall
+    conversion (null over no customer)."""
+    period = np.searchsorted(np.array(starts), first_at, side="right") - 1
+    entered = np.stack([np.bincount(period[depth > i], minlength=len(starts)) for i in range(len(funnel.stages))]) \
+        if len(starts) else np.zeros((len(funnel.stages), 0), dtype=np.int64)
+    out = []
+    for p, start in enumerate(starts):
+        counts = [int(n) for n in entered[:, p]]
+        out.append({"start": datetime.fromtimestamp(start, UTC), "stages": [{"stage": s.key, "entered": n} for s, n in
+                                                                          zip(funnel.stages, counts, strict=True)],
+                    "overall_conversion_rate": counts[-1] / counts[0] if counts[0] else None})
+    return out
+
+
+MODELS = ("first_touch", "last_touch", "linear", "position_based")
+
+
+def touch_weights(model: str, place: NDArray[np.int64], count: NDArray[np.int64]) -> NDArray[np.float64]:
+    """The credit of one conversion each touchpoint gets: `place` in its conversion's `count`
+    touchpoints (in time order)."""
+    if model == "first_touch":
+        return (place == 0).astype(np.float64)
+    if model == "last_touch":
+        return (place == count - 1).astype(np.float64)
+    if model == "linear":
+        return 1.0 / count
+    middle = 0.2 / np.maximum(count - 2, 1)
+    ends = (place == 0) | (place == count - 1)
+    weights: NDArray[np.float64] = np.where(count == 1, 1.0, np.where(count == 2, 0.5, np.where(ends, 0.4, middle)))
+    return weights
+
+
+def attribution(model: str, row: NDArray[np.int64], place: NDArray[np.int64], channel: NDArray[np.int64],
+                channels: Sequence[str | None], revenue: NDArray[np.float64]) -> dict[str, Any]:
+    """Credit 1 per conversion over its touchpoints' channels, and its stage event's revenue (NaN:
+    none) by the same weights. Touchpoints as columns in conversion order, then time order: each
+    one's conversion (`row`), `place` among the conversion's touchpoints and `channel` code (a name
+    of `channels`). A conversion without a touchpoint credits channel null. Channels by credit
+    descending, equal credits by channel (null last)."""
+    conversions = len(revenue)
+    count = np.bincount(row, minlength=conversions)
+    weights = touch_weights(model, place, count[row])
+    value = np.nan_to_num(revenue)  # summed in the order of the touchpoints, per channel, as by hand
+    summed = np.bincount(channel, weights=weights, minlength=len(channels)).tolist()
+    earned = np.bincount(channel, weights=weights * value[row], minlength=len(channels)).tolist()
+    credit: dict[str | None, float] = defaultdict(float)
+    income: dict[str | None, float] = defaultdict(float)
+    for code, name in enumerate(channels):
+        credit[name] += summed[code]
+        income[name] += earned[code]
+    untouched = (count == 0).nonzero()[0]
+    if len(untouched):
+        credit[None] += float(len(untouched))
+        income[None] += sum(value[untouched].tolist())
+    with_revenue = bool((~np.isnan(revenue)).any())
+    order = sorted(credit, key=lambda c: (-credit[c], c is None, c or ""))
+    rows = [{"channel": c, "credit": credit[c], "share": credit[c] / conversions,
+             **({"revenue": income[c]} if with_revenue else {})} for c in order if credit[c] > 0]
+    return {"model": model, "conversions": conversions, "channels": rows}
+
+
+TOP = 20  # touchpoints and paths list this many
+MIN_CUSTOMERS = 5  # a touchpoint seen by fewer customers is not listed
+
+
+PRESENCE_CELLS = 1 << 25  # customers x names up to this: a grid of booleans, beyond it a sort
+
+
+def names_seen(row: NDArray[np.int64], name: NDArray[np.int64], moved: NDArray[np.bool_],
+               kinds: int, cells: int = PRESENCE_CELLS) -> tuple[list[int], list[int]]:
+    """Per name code (of `kinds`): how many customers saw it and how many of them moved on, from
+    (customer position, name code) pairs with repeats; `moved` per customer position."""
+    if len(moved) * kinds <= cells:
+        grid = np.zeros((len(moved), kinds), dtype=np.bool_)
+        grid[row, name] = True
+        return grid.sum(axis=0).tolist(), grid[moved].sum(axis=0).tolist()
+    pairs = np.sort(row * kinds + name)
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    having = np.bincount(pairs % kinds, minlength=kinds)
+    moving = np.bincount(pairs[moved[pairs // kinds]] % kinds, minlength=kinds)
+    return having.tolist(), moving.tolist()
+
+
+def touchpoints(total: int, moved_total: int, having: dict[str, int], moving: dict[str, int]) -> list[dict[str, Any]]:
+    """PostHog's correlation over a population of `total` customers of whom `moved_total` moved on:
+    per name, the customers who saw it (`having`) and how many of them moved on (`moving`), the rate
+    with and without it and the odds ratio (a/b)/(c/d) (with/without, moved on/not), 0.5 added to
+    each cell when one is zero; the TOP names of at least MIN_CUSTOMERS customers by |log odds
+    ratio|, equal ones by name."""
+    rows = []
+    for name, customers in having.items():
+        if customers < MIN_CUSTOMERS:
+            continue
+        a, b = moving[name], customers - moving[name]
+        c, d = moved_total - a, (total - customers) - (moved_total - a)
+        if 0 in (a, b, c, d):
+            a, b, c, d = a + 0.5, b + 0.5, c + 0.5, d + 0.5
+        odds = (a / b) / (c / d)
+        rows.append({"name": name, "customers": customers, "converted": moving[name], "rate": moving[name] / customers,
+                     "rate_without": (moved_total - moving[name]) / (total - customers) if total > customers else None,
+                     "odds_ratio": odds})
+    rows.sort(key=lambda r: (-abs(math.log(r["odds_ratio"])), r["name"]))
+    return rows[:TOP]
+
+
+MAX_PATH_STEPS = 10
+
+
+def paths(counts: dict[tuple[str, ...], int]) -> list[dict[str, Any]]:
+    """The TOP most common sequences (customers per sequence; shorter ones when fewer events
+    followed, empty when none did), most customers first, equal counts by the sequence itself."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"steps": list(steps), "customers": n} for steps, n in ordered[:TOP]]

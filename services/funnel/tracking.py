@@ -7,23 +7,29 @@ only on the set of matched events, so late and repeated events give what in-orde
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.logic import (
-    LIFECYCLE,
+    BUILT_IN_KEYS,
+    BUILT_INS,
+    DAY,
+    JOURNEY_TYPES,
     Attempt,
     Funnel,
     Matched,
     counted_attempt,
     event_document,
     parse_funnel,
+    step_name,
 )
 from services.funnel.store import (
     attempts,
@@ -38,8 +44,20 @@ from services.funnel.store import (
 )
 from shared.events import FunnelStageChanged, Interaction
 from shared.identity import canonical_ids, chunks, merge_traits, not_erased
+from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
-from shared.store import insert_ignoring_conflicts
+from shared.store import hold_lock, insert_ignoring_conflicts
+
+FUNNELS_LOCK = "funnel.definitions"
+
+
+async def lock_funnels(session: AsyncSession, changing_definitions: bool = False) -> None:
+    """First thing in every transaction that writes funnel state. Consumed batches share the lock
+    and match their events against the definitions they read after taking it; a definition change
+    (create, edit, delete) or the cleanup takes it alone: it waits for the batches in flight to
+    commit, so a rebuild reads every event they matched against the old definitions, and batches
+    after it see the new one. Nothing is matched against a definition nobody rebuilds."""
+    await hold_lock(session, FUNNELS_LOCK, shared=not changing_definitions)
 
 
 async def definitions(session: AsyncSession, keys: list[str] | None = None) -> list[Funnel]:
@@ -48,9 +66,51 @@ async def definitions(session: AsyncSession, keys: list[str] | None = None) -> l
     if keys is not None:
         query = query.where(funnels.c.key.in_(keys))
     found = {key: parse_funnel(orjson.loads(definition)) for key, definition in await session.execute(query)}
-    if LIFECYCLE.key not in found and (keys is None or LIFECYCLE.key in keys):
-        found[LIFECYCLE.key] = LIFECYCLE
+    for built_in in BUILT_INS:
+        if built_in.key not in found and (keys is None or built_in.key in keys):
+            found[built_in.key] = built_in
     return [found[k] for k in sorted(found)]
+
+
+async def definitions_after(session: AsyncSession, after: str | None, limit: int) -> list[Funnel]:
+    """A page of the listing: the built-in funnels first (`lifecycle`, `sales`), then the others by
+    key; the `limit` first after key `after` (None: from the start). A keyset, so `after` need not
+    exist any more."""
+    rest = BUILT_IN_KEYS[BUILT_IN_KEYS.index(after) + 1:] if after in BUILT_IN_KEYS else () if after else BUILT_IN_KEYS
+    built_ins = {f.key: f for f in await definitions(session, list(rest))} if rest else {}
+    first = [built_ins[k] for k in rest][:limit]
+    query = (select(funnels.c.key, funnels.c.definition).where(funnels.c.key.not_in(BUILT_IN_KEYS))
+             .order_by(funnels.c.key).limit(limit - len(first)))
+    if after is not None and after not in BUILT_IN_KEYS:
+        query = query.where(funnels.c.key > after)
+    return first + [parse_funnel(orjson.loads(definition)) for _, definition in await session.execute(query)]
+
+
+async def add_definition(session: AsyncSession, funnel: Funnel, now: datetime) -> None:
+    await session.execute(insert(funnels).values(key=funnel.key, definition=orjson.dumps(funnel.to_json()).decode(),
+                                                 created_at=now, updated_at=now))
+
+
+async def save_definition(session: AsyncSession, funnel: Funnel, now: datetime) -> None:
+    """The funnel's new definition; a built-in one never edited before gets its first row."""
+    definition = orjson.dumps(funnel.to_json()).decode()
+    if (await session.execute(update(funnels).where(funnels.c.key == funnel.key).values(
+            definition=definition, updated_at=now))).rowcount == 0:  # type: ignore[attr-defined]
+        await session.execute(insert(funnels).values(key=funnel.key, definition=definition, created_at=now, updated_at=now))
+
+
+async def remove_funnel(session: AsyncSession, funnel: Funnel, now: datetime, outbox: Outbox) -> None:
+    """The funnel, its matches, attempts and transitions go; each customer in it gets a last
+    transition to no stage (published), so consumers of funnel.v1 forget it too."""
+    held = (await session.execute(select(attempts.c.customer_id, attempts.c.depth).where(
+        attempts.c.funnel == funnel.key, attempts.c.depth > 0))).all()
+    last = Version(time.time_ns(), 0).order(0)  # after every move of this funnel so far
+    for customer, depth in held:
+        outbox.publish(FunnelStageChanged(customer_id=customer, funnel=funnel.key, from_stage=funnel.stages[depth - 1].key,
+                                          to_stage=None, at=now, order=last))
+    for table in (matches, attempts, transitions, funnel_versions):
+        await session.execute(delete(table).where(table.c.funnel == funnel.key))
+    await session.execute(delete(funnels).where(funnels.c.key == funnel.key))
 
 
 @dataclass
@@ -74,22 +134,41 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
     """Store the events, their matches with every funnel, and the customers' traits."""
     batch = await not_erased(session, erasures, batch)
     canonical = await canonical_ids(session, links, {e.customer_id for e in batch})
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    oldest = now - timedelta(days=retention_days)
-    kept = [e for e in batch if e.occurred_at > oldest]
     rows = [{"event_id": e.event_id, "customer_id": canonical.get(e.customer_id, e.customer_id), "type": e.type,
              "name": e.name, "document": event_document(e.properties, e.traits, e.context), "channel": e.channel,
-             "at": e.occurred_at} for e in kept]
+             "at": e.occurred_at} for e in batch]
     if not rows:
         return
-    await session.execute(insert_ignoring_conflicts(events, dialect),
-                          [{**r, "document": orjson.dumps(r["document"])} for r in rows])
-    await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, kept, strict=True) if e.traits], dialect)
+    copies = _within_retention(rows, horizon(now, retention_days))
+    if copies:
+        await session.execute(insert_ignoring_conflicts(events, session),
+                              [{**r, "document": orjson.dumps(r["document"])} for r in copies])
+    await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, batch, strict=True) if e.traits])
+    on_journeys = {str(r["customer_id"]) for r in rows if r["type"] in JOURNEY_TYPES}
     for funnel in await definitions(session):
         matched = _matches(funnel, rows)
         if matched:
-            await session.execute(insert_ignoring_conflicts(matches, dialect), matched)
+            await session.execute(insert_ignoring_conflicts(matches, session), matched)
             pending.dirty[funnel.key] |= {m["customer_id"] for m in matched}
+        pending.dirty[funnel.key] |= on_journeys  # an event inside an attempt's window changes its journey
+
+
+def horizon(now: datetime, retention_days: float) -> datetime | None:
+    """With FUNNEL_EVENTS_RETENTION_DAYS set, the time before which event copies are not kept
+    (None: every copy is kept, the default). Matches are kept at any age."""
+    return now - timedelta(days=retention_days) if retention_days > 0 else None
+
+
+def _within_retention(rows: list[dict[str, Any]], oldest: datetime | None) -> list[dict[str, Any]]:
+    """The rows whose copy is kept. An event older than the horizon still counts in every funnel
+    it matches now (its matches are written); only a funnel created or edited later misses it,
+    and its reports say so (`complete_from`)."""
+    if oldest is None:
+        return rows
+    kept = [r for r in rows if r["at"] > oldest]
+    if len(kept) < len(rows):
+        EVENTS_PAST_RETENTION.labels("funnel").inc(len(rows) - len(kept))
+    return kept
 
 
 def _matches(funnel: Funnel, rows: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -102,7 +181,7 @@ def _matches(funnel: Funnel, rows: list[dict[str, object]]) -> list[dict[str, ob
     return found
 
 
-async def _record_traits(session: AsyncSession, identified: list[tuple[str, Interaction]], dialect: str) -> None:
+async def _record_traits(session: AsyncSession, identified: list[tuple[str, Interaction]]) -> None:
     """Latest-wins traits per customer, for breakdowns by `traits.<name>`."""
     if not identified:
         return
@@ -118,7 +197,7 @@ async def _record_traits(session: AsyncSession, identified: list[tuple[str, Inte
            for c, (t, a) in merged.items() if c not in held]
     changed = [{"b_id": c, "b_traits": orjson.dumps(t), "b_at": orjson.dumps(a)} for c, (t, a) in merged.items() if c in held]
     if new:
-        await session.execute(insert_ignoring_conflicts(traits, dialect), new)
+        await session.execute(insert_ignoring_conflicts(traits, session), new)
     if changed:
         await session.execute(update(traits).where(traits.c.customer_id == bindparam("b_id")).values(
             traits=bindparam("b_traits"), traits_at=bindparam("b_at")), changed)
@@ -143,8 +222,7 @@ async def next_version(session: AsyncSession, funnel: str) -> Version:
                                    .returning(funnel_versions.c.generation, funnel_versions.c.version))
     row = result.first()
     if row is None:
-        dialect = session.bind.dialect.name if session.bind else "sqlite"
-        await session.execute(insert_ignoring_conflicts(funnel_versions, dialect).values(
+        await session.execute(insert_ignoring_conflicts(funnel_versions, session).values(
             funnel=funnel, version=0, generation=time.time_ns()))
         return await next_version(session, funnel)
     return Version(int(row.generation), int(row.version))
@@ -155,11 +233,23 @@ async def remove_attempts(session: AsyncSession, customers: list[str], funnel_ke
     no times, no events) that report indexes apply like any change; the cleanup deletes them."""
     held = (await session.execute(select(attempts.c.funnel).where(attempts.c.customer_id.in_(customers), attempts.c.depth > 0)
                                   .distinct())).scalars().all()
-    for funnel in held if funnel_keys is None else [f for f in held if f in funnel_keys]:
+    # Versions in key order, as recounts take them: two batches never lock them crosswise.
+    for funnel in sorted(held if funnel_keys is None else [f for f in held if f in funnel_keys]):
         version = await next_version(session, funnel)
         await session.execute(update(attempts).where(attempts.c.funnel == funnel, attempts.c.customer_id.in_(customers))
                               .values(depth=0, times="[]", event_ids="[]", first_at=0.0, reached_at=0.0, channel="",
-                                      version=version.number))
+                                      journey="{}", version=version.number))
+
+
+async def delete_attempts(session: AsyncSession, customers: list[str]) -> None:
+    """Erased customers' attempts go at once, not as removal markers (a marker still names them):
+    report indexes of those funnels reload (their generation moves)."""
+    held = (await session.execute(select(attempts.c.funnel).where(attempts.c.customer_id.in_(customers))
+                                  .distinct())).scalars().all()
+    if held:
+        await session.execute(delete(attempts).where(attempts.c.customer_id.in_(customers)))
+        await session.execute(update(funnel_versions).where(funnel_versions.c.funnel.in_(held))
+                              .values(generation=time.time_ns()))
 
 
 async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
@@ -177,18 +267,22 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
             channels[r.event_id] = r.channel
         held = {r.customer_id: r for r in await session.execute(
             select(attempts).where(attempts.c.funnel == funnel.key, attempts.c.customer_id.in_(chunk)))}
+        counted = {customer: counted_attempt(funnel, matched.get(customer, [])) for customer in chunk}
+        journeys = await _journey_events(session, [c for c in chunk if counted[c].depth])
+        revenues = await _revenues(session, [e.event_id for a in counted.values() for e in a.events])
         new, moved, gone, moves = [], [], [], []
         for customer in chunk:
-            attempt = counted_attempt(funnel, matched.get(customer, []))
+            attempt = counted[customer]
             before = held.get(customer)
             if attempt.depth == 0:
                 if before is not None and before.depth > 0:
                     gone.append(customer)
             else:
-                row = {**_row(funnel, customer, attempt, channels), "version": version.number}
+                row = {**_row(funnel, customer, attempt, channels),
+                       "journey": _journey(funnel, attempt, journeys.get(customer, []), revenues), "version": version.number}
                 if before is None:
                     new.append(row)
-                elif before.event_ids != row["event_ids"]:
+                elif before.event_ids != row["event_ids"] or before.journey != row["journey"]:
                     moved.append({f"b_{k}": v for k, v in row.items()})
             if (before.depth if before is not None else 0) != attempt.depth:
                 changed += 1
@@ -199,7 +293,7 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
         if new:
             await session.execute(insert(attempts), new)
         if moved:
-            columns = ("depth", "times", "event_ids", "first_at", "reached_at", "channel", "version")
+            columns = ("depth", "times", "event_ids", "first_at", "reached_at", "channel", "journey", "version")
             await session.execute(
                 update(attempts).where(attempts.c.funnel == bindparam("b_funnel"), attempts.c.customer_id == bindparam("b_customer_id"))
                 .values({c: bindparam(f"b_{c}") for c in columns}), moved)
@@ -214,6 +308,40 @@ def _row(funnel: Funnel, customer: str, attempt: Attempt, channels: dict[str, st
             "event_ids": orjson.dumps([e.event_id for e in attempt.events]).decode(),
             "first_at": attempt.times[0], "reached_at": attempt.times[-1],
             "channel": channels.get(attempt.events[0].event_id, "direct")}
+
+
+async def _journey_events(session: AsyncSession, customers: list[str]) -> dict[str, list[list[Any]]]:
+    """Each customer's page, track and identify events as journey steps [at, event_id, type, name,
+    channel], ordered by (at, event id)."""
+    found: dict[str, list[list[Any]]] = defaultdict(list)
+    for chunk in chunks(customers):
+        for r in await session.execute(select(events.c.customer_id, events.c.event_id, events.c.type, events.c.name,
+                                              events.c.channel, events.c.at)
+                                       .where(events.c.customer_id.in_(chunk), events.c.type.in_(JOURNEY_TYPES))):
+            found[r.customer_id].append([epoch(r.at), r.event_id, r.type, step_name(r.type, r.name), r.channel])
+    for steps in found.values():
+        steps.sort(key=lambda s: (s[0], s[1]))
+    return found
+
+
+async def _revenues(session: AsyncSession, event_ids: list[str]) -> dict[str, float]:
+    """The numeric `revenue` property of those events that carry one."""
+    found: dict[str, float] = {}
+    for chunk in chunks(sorted(set(event_ids))):
+        for event_id, document in await session.execute(select(events.c.event_id, events.c.document)
+                                                        .where(events.c.event_id.in_(chunk))):
+            value = orjson.loads(document).get("properties", {}).get("revenue")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                found[event_id] = float(value)
+    return found
+
+
+def _journey(funnel: Funnel, attempt: Attempt, steps: list[list[Any]], revenues: dict[str, float]) -> str:
+    """The attempt's journey: its steps from t1 to the end of its window, the revenue of each stage's event."""
+    start = attempt.times[0]
+    end = start + funnel.conversion_window_days * DAY
+    inside = [s for s in steps if start <= s[0] <= end]
+    return orjson.dumps({"steps": inside, "revenue": [revenues.get(e.event_id) for e in attempt.events]}).decode()
 
 
 def _transitions(funnel: Funnel, customer: str, before: int, attempt: Attempt, now: datetime,
@@ -239,7 +367,6 @@ def _transitions(funnel: Funnel, customer: str, before: int, attempt: Attempt, n
 async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: Outbox) -> int:
     """A new or edited funnel: its matches again from the retained events, every attempt recounted."""
     await session.execute(delete(matches).where(matches.c.funnel == funnel.key))
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
     touched: set[str] = set()
     query = select(events.c.event_id, events.c.customer_id, events.c.type, events.c.name, events.c.document,
                    events.c.channel, events.c.at)
@@ -247,7 +374,7 @@ async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: 
     for start in range(0, len(rows), 5000):
         found = _matches(funnel, rows[start:start + 5000])
         if found:
-            await session.execute(insert_ignoring_conflicts(matches, dialect), found)
+            await session.execute(insert_ignoring_conflicts(matches, session), found)
             touched |= {m["customer_id"] for m in found}  # type: ignore[misc]
     held = set((await session.execute(select(attempts.c.customer_id).where(attempts.c.funnel == funnel.key))).scalars())
     return await recount(session, funnel, sorted(touched | held), now, outbox)
@@ -255,11 +382,12 @@ async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: 
 
 async def clean_up(session: AsyncSession, now: datetime, retention_days: float) -> None:
     """Hourly: removal markers are deleted (report indexes of those funnels reload: their
-    generation moves), and the slim events older than the retention go. Matches stay: they are
-    the state attempts are counted from."""
+    generation moves), and with a retention set, the slim events older than it go (none by
+    default). Matches stay: they are the state attempts are counted from."""
     marked = (await session.execute(select(attempts.c.funnel).where(attempts.c.depth == 0).distinct())).scalars().all()
     if marked:
         await session.execute(delete(attempts).where(attempts.c.depth == 0))
         await session.execute(update(funnel_versions).where(funnel_versions.c.funnel.in_(marked))
                               .values(generation=time.time_ns()))
-    await session.execute(delete(events).where(events.c.at < now - timedelta(days=retention_days)))
+    if (oldest := horizon(now, retention_days)) is not None:
+        await session.execute(delete(events).where(events.c.at < oldest))

@@ -1,4 +1,4 @@
-"""Which service answers which public path (API.md section 6). The one place routing lives."""
+"""Which service answers which public path (docs/api.md section 6). The one place routing lives."""
 from __future__ import annotations
 
 import re
@@ -11,8 +11,12 @@ ROUTES: list[tuple[str | None, re.Pattern[str], str]] = [
     ("DELETE", re.compile(r"^/api/customers/[^/]+$"), "ingest"),
     (None, re.compile(r"^/api/customers/[^/]+$"), "segmentation"),
     (None, re.compile(r"^/api/segments([/:]|$)"), "segmentation"),
+    (None, re.compile(r"^/api/feedback(/|$)"), "segmentation"),
     (None, re.compile(r"^/api/funnels(/|$)"), "funnel"),
+    (None, re.compile(r"^/api/alerts(/|$)"), "funnel"),
     (None, re.compile(r"^/api/followups(/|$)"), "followup"),
+    (None, re.compile(r"^/api/recommendations(/|$)"), "recommendation"),
+    (None, re.compile(r"^/api/admin/dead-letters(/|$)"), "ingest"),  # on the bus: any service could
 ]
 
 

@@ -5,60 +5,31 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from services.ingest import ingestion
 from services.ingest.body import read_json, write_key_of
-from services.ingest.messages import Message, Rejection, normalize
+from services.ingest.messages import (
+    BatchContextCopies,
+    Message,
+    Rejection,
+    batch_context_problem,
+    normalize,
+)
+from services.ingest.pipeline import Pipeline
+from services.ingest.schemas import Batch, ErasureAccepted, IngestAnswer, RejectedMessage, SegmentMessage
 from services.ingest.settings import IngestSettings
-from services.ingest.store import events, quarantine
 from shared.auth import AdminDep, ReaderDep
 from shared.errors import ApiError
 from shared.outbox import Outbox, write_outbox
-from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shared.paging import Cursor, Limit, Page, cursor_time, decode_cursor, encode_cursor
+from shared.params import refuse_nul_characters
 from shared.service import Runtime
 
 router = APIRouter()
-
-
-class SegmentMessage(BaseModel):
-    """A Segment message (tracking spec). Unknown fields are kept."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str | None = Field(None, description="track, identify, page, screen, group or alias (batch only).")
-    messageId: str | None = None
-    userId: str | None = None
-    anonymousId: str | None = None
-    event: str | None = None
-    name: str | None = None
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
-    timestamp: str | None = None
-    sentAt: str | None = None
-    previousId: str | None = None
-    groupId: str | None = None
-
-
-class Batch(BaseModel):
-    batch: list[SegmentMessage]
-    context: dict[str, Any] | None = None
-    sentAt: str | None = None
-    writeKey: str | None = None
-
-
-class RejectedMessage(BaseModel):
-    index: int
-    messageId: str | None
-    reason: str
-
-
-class IngestAnswer(BaseModel):
-    success: bool = True
-    accepted: int
-    rejected: list[RejectedMessage]
+# The /api/ routes (not the tracking ones: a NUL inside properties is kept, as JSON bytes).
+NO_NUL = [Depends(refuse_nul_characters)]
 
 
 # The tracking endpoints read their body themselves (gzip, size limits, per-message reasons), so
@@ -80,6 +51,12 @@ def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _ingest(request: Request, path_type: str | None) -> IngestAnswer:
+    pipeline: Pipeline = request.app.state.pipeline
+    with pipeline.request():
+        return await _ingest_request(request, path_type, pipeline)
+
+
+async def _ingest_request(request: Request, path_type: str | None, pipeline: Pipeline) -> IngestAnswer:
     settings: IngestSettings = request.app.state.settings
     runtime: Runtime = request.app.state.runtime
     body = await read_json(request, settings.max_request_bytes)
@@ -89,17 +66,16 @@ async def _ingest(request: Request, path_type: str | None) -> IngestAnswer:
     if key not in request.app.state.credentials.write_keys:
         raise ApiError(401, "Unknown write key.", "invalid_write_key")
     received_at = runtime.clock.now()
-    messages, rejections = _normalize_all(body, path_type, received_at, settings.max_message_bytes)
-    async with runtime.store.transaction() as session:
-        await ingestion.enqueue(session, messages, rejections, received_at)
-    request.app.state.pipeline.wake()
+    messages, rejections = _normalize_all(body, path_type, received_at, settings)
+    await pipeline.enqueue(runtime, messages, rejections, received_at)
     return IngestAnswer(
         accepted=len(messages),
         rejected=[RejectedMessage(index=r.index, messageId=r.message_id, reason=r.reason) for r in rejections],
     )
 
 
-def _normalize_all(body: Any, path_type: str | None, received_at: datetime, max_bytes: int) -> tuple[list[Message], list[Rejection]]:
+def _normalize_all(body: Any, path_type: str | None, received_at: datetime, settings: IngestSettings,
+                   ) -> tuple[list[Message], list[Rejection]]:
     if path_type is None:
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
             raise ApiError(422, "A batch is an object with a 'batch' array of messages.", details=[{"loc": ["body", "batch"]}])
@@ -108,10 +84,15 @@ def _normalize_all(body: Any, path_type: str | None, received_at: datetime, max_
         raw_messages, context, sent_at = [body], None, None
     messages: list[Message] = []
     rejections: list[Rejection] = []
+    batch_context = context if isinstance(context, dict) and context else None
+    batch_problem = batch_context_problem(batch_context)
+    copies = BatchContextCopies(batch_context, settings.max_request_bytes)
     for index, raw in enumerate(raw_messages):
         result = normalize(raw, index=index, received_at=received_at, path_type=path_type,
-                           batch_context=context if isinstance(context, dict) else None,
-                           batch_sent_at=sent_at, max_bytes=max_bytes)
+                           batch_context=batch_context, batch_sent_at=sent_at, batch_problem=batch_problem,
+                           batch_context_bytes=copies.size, max_bytes=settings.max_message_bytes)
+        if isinstance(result, Message) and not copies.take():
+            result = Rejection(index, result.message_id, copies.refusal, raw)
         (messages if isinstance(result, Message) else rejections).append(result)  # type: ignore[arg-type]
     return messages, rejections
 
@@ -140,7 +121,8 @@ for _kind in ("track", "identify", "page", "screen", "group", "alias"):
     _single(_kind)
 
 
-@router.get("/api/customers/{customer_id}/timeline", response_model=Page[dict[str, Any]], tags=["customers"])
+@router.get("/api/customers/{customer_id}/timeline", response_model=Page[dict[str, Any]], tags=["customers"],
+            dependencies=NO_NUL)
 async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
     """The customer's events, newest first. An anonymous id that was linked answers with the
     timeline of the customer it now belongs to."""
@@ -148,13 +130,7 @@ async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limi
     after = decode_cursor(cursor, str, str)
     async with runtime.store.read() as session:
         customer = await ingestion.resolve(session, customer_id)
-        query = select(events.c.event_id, events.c.customer_id, events.c.occurred_at, events.c.body).where(
-            events.c.customer_id == customer)
-        if after:
-            at = _parse_cursor_time(after[0])
-            query = query.where(or_(events.c.occurred_at < at, and_(events.c.occurred_at == at, events.c.event_id < after[1])))
-        rows = (await session.execute(
-            query.order_by(events.c.occurred_at.desc(), events.c.event_id.desc()).limit(limit + 1))).all()
+        rows = await ingestion.timeline(session, customer, (cursor_time(after[0]), after[1]) if after else None, limit + 1)
     if not rows and not after:
         raise ApiError(404, f"No events for customer {customer_id!r}.")
     items = [{**orjson.loads(r.body), "customer_id": r.customer_id} for r in rows[:limit]]
@@ -162,26 +138,13 @@ async def timeline(request: Request, customer_id: str, _: ReaderDep, limit: Limi
     return Page(items=items, next_cursor=encode_cursor(last.occurred_at.isoformat(), last.event_id) if last else None)
 
 
-def _parse_cursor_time(value: str) -> datetime:
-    try:
-        at = datetime.fromisoformat(value)
-        if at.tzinfo is None:
-            raise ValueError("no zone")
-        return at
-    except ValueError:
-        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor") from None
-
-
-@router.get("/api/ingest/quarantine", response_model=Page[dict[str, Any]], tags=["ingest"])
+@router.get("/api/ingest/quarantine", response_model=Page[dict[str, Any]], tags=["ingest"], dependencies=NO_NUL)
 async def list_quarantine(request: Request, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
     """Rejected messages, newest first, each with the reason and the message as it was sent."""
     runtime: Runtime = request.app.state.runtime
     after = decode_cursor(cursor, int)
-    query = select(quarantine).order_by(quarantine.c.id.desc()).limit(limit + 1)
-    if after:
-        query = query.where(quarantine.c.id < after[0])
     async with runtime.store.read() as session:
-        rows = (await session.execute(query)).all()
+        rows = await ingestion.quarantined(session, after[0] if after else None, limit + 1)
     items = [
         {"id": r.id, "received_at": r.received_at, "reason": r.reason, "message_id": r.message_id,
          "message": orjson.loads(r.raw)}
@@ -190,13 +153,8 @@ async def list_quarantine(request: Request, _: ReaderDep, limit: Limit = 50, cur
     return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 
-class ErasureAccepted(BaseModel):
-    customer_id: str
-    merged_ids: list[str]
-    status: str = "erasure_requested"
-
-
-@router.delete("/api/customers/{customer_id}", status_code=202, response_model=ErasureAccepted, tags=["customers"])
+@router.delete("/api/customers/{customer_id}", status_code=202, response_model=ErasureAccepted, tags=["customers"],
+               dependencies=NO_NUL)
 async def erase_customer(request: Request, customer_id: str, _: AdminDep) -> ErasureAccepted:
     """Erase the customer (and ids merged into it) everywhere: ingest deletes now, and every
     other service deletes on the `customers.v1` erasure event. Afterwards no API returns them."""

@@ -16,13 +16,32 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ingest.channels import classify
-from services.ingest.messages import Message, Rejection, pack, printable_id
-from services.ingest.store import events, identities, inbox, quarantine, seen_messages
+from services.ingest.messages import (
+    MAX_NESTING,
+    Message,
+    Rejection,
+    clipped,
+    nesting,
+    pack,
+    printable_id,
+)
+from services.ingest.store import (
+    bus_tables,
+    erasures,
+    events,
+    identities,
+    inbox,
+    quarantine,
+    seen_messages,
+)
 from shared.events import CustomerErased, CustomerLinked, Interaction, record, to_iso
+from shared.identity import add_tombstones, erasure_times, id_hash
 from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
 
@@ -34,13 +53,17 @@ class Outcome:
     outbox: Outbox = field(default_factory=Outbox)
 
 
-async def enqueue(
-    session: AsyncSession, messages: list[Message], rejections: list[Rejection], received_at: datetime
+async def enqueue_all(
+    session: AsyncSession, requests: list[tuple[list[Message], list[Rejection], datetime]]
 ) -> None:
-    """The request's part: keep the rejected in the quarantine, the accepted in the inbox."""
-    await _quarantine(session, rejections, received_at)
-    if messages:
-        await session.execute(insert(inbox).values(received_at=received_at, messages=pack(messages)))
+    """The requests' part: keep the rejected in the quarantine, each request's accepted messages
+    as one inbox row (in the order given). Two statements whatever the number of requests."""
+    rejected = [quarantine_row(r, at) for _, rejections, at in requests for r in rejections]
+    if rejected:
+        await session.execute(insert(quarantine), rejected)
+    rows = [{"received_at": at, "messages": pack(messages)} for messages, _, at in requests if messages]
+    if rows:
+        await session.execute(insert(inbox), rows)
 
 
 async def accept(
@@ -49,7 +72,7 @@ async def accept(
     """The pipeline's part: dedupe, stitch, write the timeline, and publish (via the outbox)."""
     outcome = Outcome(accepted=len(messages), rejected=rejections)
     await _quarantine(session, rejections, received_at)
-    fresh = await _drop_duplicates(session, messages, received_at)
+    fresh = await _drop_erased(session, await _drop_duplicates(session, messages, received_at))
     if not fresh:
         return outcome
     links = await _stitch(session, fresh, received_at, outcome.outbox)
@@ -61,7 +84,7 @@ async def accept(
         outcome.outbox.add(record(Interaction, customer_id, message.message_id, body))
         rows.append({"event_id": message.message_id, "customer_id": customer_id,
                      "occurred_at": message.occurred_at, "body": body})
-    await session.execute(insert_ignoring_conflicts(events, session.bind.dialect.name), rows)
+    await session.execute(insert_ignoring_conflicts(events, session), rows)
     return outcome
 
 
@@ -74,6 +97,8 @@ def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, obj
     raw = rejection.raw
     if isinstance(raw, dict):
         raw = {k: v for k, v in raw.items() if k != "writeKey"}  # readers see the quarantine
+    if nesting(raw) > MAX_NESTING + 1:
+        raw = clipped(raw, MAX_NESTING + 1)  # a message nested too deep: kept as far as it may go
     ids = raw if isinstance(raw, dict) else {}
     return {
         "received_at": received_at,
@@ -92,7 +117,7 @@ async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: d
     sent = {m.message_id for m in messages if not m.generated_id}
     new: set[str] = set()
     if sent:
-        remember = insert_ignoring_conflicts(seen_messages, session.bind.dialect.name)
+        remember = insert_ignoring_conflicts(seen_messages, session)
         result = await session.execute(
             remember.returning(seen_messages.c.message_id),
             [{"message_id": mid, "seen_at": at} for mid in sent],
@@ -104,6 +129,18 @@ async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: d
             new.discard(message.message_id)  # a repeat inside the batch is a duplicate too
             fresh.append(message)
     return fresh
+
+
+async def _drop_erased(session: AsyncSession, messages: list[Message]) -> list[Message]:
+    """Messages about an erased customer that happened before the erasure (late: a retry, an
+    import) are dropped: the erasure stands. Later ones start a new customer."""
+    if not messages:
+        return messages
+    erased = await erasure_times(session, erasures, (i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id)))
+    if not erased:
+        return messages
+    return [m for m in messages
+            if not any(i in erased and m.occurred_at <= erased[i] for i in (m.user_id, m.anonymous_id, m.previous_id) if i)]
 
 
 async def _stitch(session: AsyncSession, messages: list[Message], at: datetime, outbox: Outbox) -> dict[str, str]:
@@ -179,6 +216,26 @@ async def resolve(session: AsyncSession, customer_id: str) -> str:
     return row.scalar() or customer_id
 
 
+async def timeline(session: AsyncSession, customer: str, before: tuple[datetime, str] | None, limit: int) -> list[Any]:
+    """Up to `limit` of the customer's events, newest first, older than the (occurred_at,
+    event_id) key `before`."""
+    query = select(events.c.event_id, events.c.customer_id, events.c.occurred_at, events.c.body).where(
+        events.c.customer_id == customer)
+    if before:
+        at, event_id = before
+        query = query.where(or_(events.c.occurred_at < at, and_(events.c.occurred_at == at, events.c.event_id < event_id)))
+    return list((await session.execute(
+        query.order_by(events.c.occurred_at.desc(), events.c.event_id.desc()).limit(limit))).all())
+
+
+async def quarantined(session: AsyncSession, before_id: int | None, limit: int) -> list[Any]:
+    """Up to `limit` rejected messages, newest first, with ids below `before_id`."""
+    query = select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(quarantine.c.id < before_id)
+    return list((await session.execute(query)).all())
+
+
 async def erase(session: AsyncSession, customer_id: str, at: datetime, outbox: Outbox) -> CustomerErased:
     """Delete what ingest holds on the customer (and ids merged into it); tell every service."""
     customer = await resolve(session, customer_id)
@@ -189,9 +246,19 @@ async def erase(session: AsyncSession, customer_id: str, at: datetime, outbox: O
     await session.execute(delete(identities).where(identities.c.customer_id == customer))
     await session.execute(delete(quarantine).where(
         or_(quarantine.c.user_id.in_(everyone), quarantine.c.anonymous_id.in_(everyone))))
+    await session.execute(delete(bus_tables.outbox).where(bus_tables.outbox.c.key.in_(everyone)))
+    await add_tombstones(session, erasures, [id_hash(i) for i in everyone], at)
     erased = CustomerErased(customer_id=customer, merged_ids=merged, at=at)
     outbox.publish(erased)
     return erased
+
+
+async def prune_quarantine(session: AsyncSession, keep: int) -> None:
+    """Keep the newest `keep` rejected messages (ids grow with arrival); the older ones go."""
+    cutoff = (await session.execute(
+        select(quarantine.c.id).order_by(quarantine.c.id.desc()).offset(keep - 1).limit(1))).scalar()
+    if cutoff is not None:
+        await session.execute(delete(quarantine).where(quarantine.c.id < cutoff))
 
 
 async def prune_seen(session: AsyncSession, before: datetime) -> None:

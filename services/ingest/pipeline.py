@@ -8,6 +8,13 @@ bus within milliseconds. A row that keeps failing while the store and the bus an
 itself is at fault) is moved to the quarantine with the error instead of stalling the rows behind
 it; during an outage the row waits.
 
+Requests come first: each request commits its inbox row through one group commit (requests
+that arrive while a commit is under way are written together by the next, one transaction for all),
+and while requests come the pipeline gives way to them: it waits for a pause of QUIET_SECONDS, or
+for GIVE_WAY times as long as its last transaction took, so requests get most of the time, unless
+more than BACKLOG_ROWS rows wait; past that bound it no longer waits and requests slow to its pace. In one process the two
+share a core: a burst is answered at the rate of the request path, and applied right after.
+
 The events are published before the transaction commits, not through the outbox: if the commit
 fails or the process dies in between, the inbox rows are applied again and the same events are
 published again under the same ids, which consumers drop (at least once, without an outbox copy
@@ -17,12 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 
 import orjson
 from sqlalchemy import delete, insert, select
 
 from services.ingest import ingestion
-from services.ingest.messages import Rejection, unpack
+from services.ingest.messages import Message, Rejection, unpack
 from services.ingest.store import inbox, quarantine
 from shared.outage import raise_if_outage
 from shared.service import Runtime
@@ -30,16 +41,76 @@ from shared.service import Runtime
 log = logging.getLogger("funnelstream.ingest.pipeline")
 
 ROWS_PER_TRANSACTION = 20
+ROWS_BESIDE_REQUESTS = 2  # a transaction's rows while requests keep coming
 MAX_ATTEMPTS = 3
+QUIET_SECONDS = 0.1  # no request for this long: the pipeline runs freely
+GIVE_WAY = 4  # while requests come: the pipeline waits 4 times as long as its last transaction took
+BACKLOG_ROWS = 500  # inbox rows (requests) past which the pipeline no longer gives way
 
 
 class Pipeline:
     def __init__(self) -> None:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()
+        self._waiting: list[tuple[list[Message], list[Rejection], datetime, asyncio.Future[bool]]] = []
+        self._requests = 0
+        self._last_request = 0.0
+        self._backlog = 0  # inbox rows written here and not yet applied here (other replicas aside)
 
     def wake(self) -> None:
         self._wake.set()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """A tracking request in flight: the pipeline gives way to it."""
+        self._requests += 1
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            self._last_request = time.monotonic()
+
+    async def enqueue(self, runtime: Runtime, messages: list[Message], rejections: list[Rejection],
+                      received_at: datetime) -> None:
+        """Commit the request's inbox row (and its rejections to the quarantine), with those of
+        the requests waiting beside it in one transaction; returns once it is committed."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((messages, rejections, received_at, done))
+        async with self._commit_lock:
+            if not done.done():
+                group, self._waiting = self._waiting, []
+                written = False
+                try:
+                    async with runtime.store.transaction() as session:
+                        await ingestion.enqueue_all(session, [(m, r, at) for m, r, at, _ in group])
+                    written = True
+                finally:  # failed or cancelled: each request of the group writes its own row
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_result(written)
+        if not done.result():
+            async with self._commit_lock, runtime.store.transaction() as session:
+                await ingestion.enqueue_all(session, [(messages, rejections, received_at)])
+        self._backlog += 1
+        self.wake()
+
+    async def _give_way(self, last_turn: float) -> int:
+        """Wait until no request has been in flight for QUIET_SECONDS (then the pipeline runs
+        freely); while requests keep coming, wait GIVE_WAY times as long as the pipeline's last
+        transaction took, so requests get most of the time, and apply fewer rows at a time (the
+        loop and the store's writer are the requests' again sooner). No waiting past BACKLOG_ROWS.
+        Returns the rows to apply next."""
+        deadline = time.monotonic() + GIVE_WAY * last_turn
+        while self._backlog <= BACKLOG_ROWS:
+            now = time.monotonic()
+            quiet_for = 0.0 if self._requests else now - self._last_request
+            if quiet_for >= QUIET_SECONDS:
+                break
+            if now >= deadline:
+                return ROWS_BESIDE_REQUESTS
+            await asyncio.sleep(min(QUIET_SECONDS - quiet_for, deadline - now))
+        return ROWS_PER_TRANSACTION
 
     async def run(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
@@ -49,23 +120,26 @@ class Pipeline:
                 pass
             self._wake.clear()
             try:
-                await self.drain(runtime)
+                await self.drain(runtime, give_way=True)
             except Exception:
                 log.exception("ingest pipeline failed; retrying in 1 s")
                 await asyncio.sleep(1)
 
-    async def drain(self, runtime: Runtime) -> None:
+    async def drain(self, runtime: Runtime, give_way: bool = False) -> None:
         """Apply every inbox row there is now (erasure calls this first, so nothing pending
         about the customer can land after it)."""
-        async with self._lock:
-            more = True
-            while more:
-                more = await self._apply_next(runtime)
+        more, took = True, 0.0
+        while more:
+            rows = await self._give_way(took) if give_way else ROWS_PER_TRANSACTION
+            started = time.monotonic()
+            async with self._lock:
+                more = await self._apply_next(runtime, rows)
+            took = time.monotonic() - started
 
-    async def _apply_next(self, runtime: Runtime) -> bool:
+    async def _apply_next(self, runtime: Runtime, rows: int) -> bool:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return await self._apply(runtime, ROWS_PER_TRANSACTION if attempt == 1 else 1)
+                return await self._apply(runtime, rows if attempt == 1 else 1)
             except Exception as exc:
                 if attempt == MAX_ATTEMPTS:
                     await raise_if_outage(runtime.store, runtime.bus, exc)  # keep the row for later
@@ -89,6 +163,7 @@ class Pipeline:
                 outgoing += outcome.outbox.records
             await session.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
             await runtime.bus.publish(outgoing)
+        self._backlog = max(0, self._backlog - len(pending))
         return True
 
     async def _quarantine_first(self, runtime: Runtime, exc: Exception) -> None:

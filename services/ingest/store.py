@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Index, LargeBinary, String, Table, Text
 
+from shared.identity import add_erasures_table
 from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
 
 metadata = make_metadata()
@@ -59,3 +60,7 @@ quarantine = Table(
     Column("anonymous_id", String(200), index=True),
     Column("raw", LargeBinary, nullable=False),
 )
+
+# Erased ids (keyed hashes) and when: a message from before the erasure that arrives after it
+# (an SDK retrying, an import) is acknowledged and dropped, never stored or published.
+erasures = add_erasures_table(metadata)

@@ -1,33 +1,42 @@
-"""The segmentation HTTP API: customer profiles and segments (API.md section 3)."""
+"""The segmentation HTTP API: customer profiles and segments (docs/api.md section 3)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from services.segmentation.custom import Definition, definitions, evaluate_custom
-from shared.keys import KEY_PATTERN
+from services.segmentation import store
+from services.segmentation.custom import (
+    Definition,
+    add_definition,
+    complete_from,
+    definition,
+    definitions,
+    evaluate_custom,
+    remove_definition,
+    replace_definition,
+    segment_exists,
+)
 from services.segmentation.evaluation import apply, days_between
 from services.segmentation.facts import load_facts
+from services.segmentation.facts_index import PreviewFacts
 from services.segmentation.handlers import canonical
-from services.segmentation.logic import builtin_segments
+from services.segmentation.logic import builtin_segments, nps_category
 from services.segmentation.rules import parse
+from services.segmentation.schemas import Preview, PreviewIn, SegmentIn, SegmentSummary, SegmentUpdate
 from services.segmentation.settings import SegmentationSettings
-from services.segmentation.store import history, memberships, profiles, segment_definitions
 from shared.auth import AdminDep, ReaderDep
-from shared.errors import ApiError
+from shared.errors import ApiError, rule_errors_as_422
 from shared.events import to_iso
-from shared.params import time_window
+from shared.keys import KEY_PATTERN
 from shared.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
-from shared.rules import Rule, RuleError, evaluate, explain, to_json
+from shared.params import refuse_nul_characters, time_window
+from shared.rules import Rule, evaluate, explain, to_json
 from shared.service import Runtime
 
-router = APIRouter(tags=["segments"])
+router = APIRouter(tags=["segments"], dependencies=[Depends(refuse_nul_characters)])
 INTERVALS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 MAX_POINTS = 1000
 
@@ -44,11 +53,10 @@ async def customer_profile(request: Request, customer_id: str, _: ReaderDep) -> 
     now = runtime.clock.now()
     async with runtime.store.read() as session:
         customer = await canonical(session, customer_id)
-        row = (await session.execute(select(profiles).where(profiles.c.customer_id == customer))).first()
+        row = await store.profile(session, customer)
         if row is None:
             raise ApiError(404, f"No customer {customer_id!r}.")
-        held = (await session.execute(select(memberships).where(memberships.c.customer_id == customer)
-                                      .order_by(memberships.c.segment))).all()
+        held = await store.memberships_of(session, customer)
         custom = await definitions(session, [m.segment for m in held if ":" not in m.segment])
         facts = await load_facts(session, [d.rule for d in custom], now, [customer])
     if custom and facts.size == 0:  # erased (or merged away) between the reads above
@@ -73,65 +81,54 @@ async def customer_profile(request: Request, customer_id: str, _: ReaderDep) -> 
         "lifecycle": bare.get("lifecycle"),
         "value_tier": bare.get("value"),
         "frequency_tier": bare.get("frequency"),
+        "nps": {"score": row.nps_score, "at": to_iso(row.nps_at), "category": nps_category(row.nps_score)}
+        if row.nps_score is not None else None,
+        "csat": {"score": row.csat_score, "at": to_iso(row.csat_at)} if row.csat_score is not None else None,
         "segments": [m.segment for m in held],
         "why": why,
     }
 
 
-class SegmentSummary(BaseModel):
-    key: str
-    name: str
-    description: str
-    built_in: bool
-    member_count: int
-    rule: dict[str, Any] | None = None
-    created_at: str | None = None
-    updated_at: str | None = None
-
-
-class SegmentIn(BaseModel):
-    key: str = Field(description="Letters, digits, '_', '-', '.'; no ':' (built-in keys have one).")
-    name: str | None = Field(None, max_length=200)
-    description: str = Field("", max_length=2000)
-    rule: Any = Field(description="The rule (API.md section 3).")
-
-
-class SegmentUpdate(BaseModel):
-    name: str | None = Field(None, max_length=200)
-    description: str | None = Field(None, max_length=2000)
-    rule: Any = Field(description="The rule (API.md section 3).")
-
-
-class PreviewIn(BaseModel):
-    rule: Any = Field(description="The rule to count, not saved.")
-
-
-class Preview(BaseModel):
-    count: int
-    sample: list[str]
-
-
-def _summary(d: Definition, member_count: int) -> SegmentSummary:
+def _summary(d: Definition, member_count: int, request: Request) -> SegmentSummary:
     return SegmentSummary(key=d.key, name=d.name, description=d.description, built_in=False,
                           member_count=member_count, rule=to_json(d.rule), created_at=to_iso(d.created_at),
-                          updated_at=to_iso(d.updated_at))
+                          updated_at=to_iso(d.updated_at), complete_from=_complete_from(request, d.rule))
 
 
-async def _member_counts(session: AsyncSession, keys: list[str] | None = None) -> dict[str, int]:
-    query = select(memberships.c.segment, func.count()).group_by(memberships.c.segment)
-    if keys is not None:
-        query = query.where(memberships.c.segment.in_(keys))
-    return {segment: int(n) for segment, n in (await session.execute(query)).all()}
+def _complete_from(request: Request, rule: Rule) -> str | None:
+    """The retention horizon when the rule looks back before it (see HistoryBounded)."""
+    oldest = complete_from(rule, _runtime(request).clock.now(), _settings(request).events_retention_days)
+    return to_iso(oldest) if oldest else None
 
 
-@router.get("/api/segments", response_model=list[SegmentSummary])
-async def list_segments(request: Request, _: ReaderDep) -> list[SegmentSummary]:
-    """Every segment, built-in then custom, with its member count."""
+@router.get("/api/segments", response_model=Page[SegmentSummary])
+async def list_segments(request: Request, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[SegmentSummary]:
+    """Every segment, built-in ones first (in a fixed order), then custom ones by key, each with
+    its member count; paged (follow `next_cursor`)."""
+    after = decode_cursor(cursor, str)
+    builtins = _builtins_after(after[0] if after else None)
     async with _runtime(request).store.read() as session:
-        counts = await _member_counts(session)
-        custom = await definitions(session)
-    return [SegmentSummary(key=k, name=k, description=d, built_in=True, member_count=counts.get(k, 0))
-            for k, d in builtin_segments().items()] + [_summary(d, counts.get(d.key, 0)) for d in custom]
+        custom_after = after[0] if after and ":" not in after[0] else None
+        custom = await definitions(session, after=custom_after, limit=limit + 1 - len(builtins[:limit + 1]))
+        keys = [k for k, _ in builtins[:limit]] + [d.key for d in custom]
+        counts = await store.member_counts(session, keys)
+    items = [SegmentSummary(key=k, name=k, description=d, built_in=True, member_count=counts.get(k, 0))
+             for k, d in builtins] + [_summary(d, counts.get(d.key, 0), request) for d in custom]
+    return Page(items=items[:limit], next_cursor=encode_cursor(items[limit - 1].key) if len(items) > limit else None)
+
+
+def _builtins_after(key: str | None) -> list[tuple[str, str]]:
+    """The built-in segments a page starting after `key` holds first: all of them from the start,
+    none after a custom key (built-in keys have a ':', custom keys never)."""
+    builtins = list(builtin_segments().items())
+    if key is None:
+        return builtins
+    if ":" not in key:
+        return []
+    keys = [k for k, _ in builtins]
+    if key not in keys:
+        raise ApiError(400, "The cursor is not one this API gave out; start again without it.", "invalid_cursor")
+    return builtins[keys.index(key) + 1:]
 
 
 def _settings(request: Request) -> SegmentationSettings:
@@ -140,11 +137,8 @@ def _settings(request: Request) -> SegmentationSettings:
 
 
 def _rule(request: Request, raw: Any) -> Rule:
-    try:
-        return parse(raw, _settings(request).events_retention_days)
-    except RuleError as err:
-        raise ApiError(422, f"Bad rule at {err.where}: {err.message}.", "invalid_rule",
-                       [{"loc": err.where, "msg": err.message}]) from None
+    with rule_errors_as_422("rule"):
+        return parse(raw)
 
 
 @router.post("/api/segments", status_code=201, response_model=SegmentSummary)
@@ -159,26 +153,24 @@ async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> Segm
     rule = _rule(request, body.rule)
     now = _runtime(request).clock.now()
     async with _runtime(request).changing() as (session, outbox):
-        if await _definition(session, body.key):
+        if await definition(session, body.key):
             raise ApiError(409, f"A segment {body.key!r} already exists; PUT /api/segments/{body.key} changes it.")
-        definition = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
-        await session.execute(insert(segment_definitions).values(
-            key=definition.key, name=definition.name, description=definition.description,
-            rule=orjson.dumps(definition.raw_rule).decode(), created_at=now, updated_at=now))
-        await evaluate_custom(session, None, now, outbox, [definition])
-        count = (await _member_counts(session, [definition.key])).get(definition.key, 0)
-    return _summary(definition, count)
+        new = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
+        await add_definition(session, new)
+        await evaluate_custom(session, None, now, outbox, [new])
+        count = (await store.member_counts(session, [new.key])).get(new.key, 0)
+    return _summary(new, count, request)
 
 
 @router.get("/api/segments/{key}", response_model=SegmentSummary)
 async def get_segment(request: Request, key: str, _: ReaderDep) -> SegmentSummary:
     async with _runtime(request).store.read() as session:
-        await _known(session, key)
-        count = (await _member_counts(session, [key])).get(key, 0)
-        definition = await _definition(session, key)
-    if definition is None:
+        _known(key, await segment_exists(session, key))
+        count = (await store.member_counts(session, [key])).get(key, 0)
+        custom = await definition(session, key)
+    if custom is None:
         return SegmentSummary(key=key, name=key, description=builtin_segments()[key], built_in=True, member_count=count)
-    return _summary(definition, count)
+    return _summary(custom, count, request)
 
 
 @router.put("/api/segments/{key}", response_model=SegmentSummary)
@@ -188,15 +180,13 @@ async def update_segment(request: Request, key: str, body: SegmentUpdate, _: Adm
     rule = _rule(request, body.rule)
     now = _runtime(request).clock.now()
     async with _runtime(request).changing() as (session, outbox):
-        old = await _custom(session, key)
-        definition = Definition(key, body.name or old.name, old.description if body.description is None else body.description,
-                                rule, to_json(rule), old.created_at, now)
-        await session.execute(update(segment_definitions).where(segment_definitions.c.key == key).values(
-            name=definition.name, description=definition.description, rule=orjson.dumps(definition.raw_rule).decode(),
-            updated_at=now))
-        await evaluate_custom(session, None, now, outbox, [definition])
-        count = (await _member_counts(session, [key])).get(key, 0)
-    return _summary(definition, count)
+        old = _custom(key, await definition(session, key))
+        new = Definition(key, body.name or old.name, old.description if body.description is None else body.description,
+                         rule, to_json(rule), old.created_at, now)
+        await replace_definition(session, new)
+        await evaluate_custom(session, None, now, outbox, [new])
+        count = (await store.member_counts(session, [key])).get(key, 0)
+    return _summary(new, count, request)
 
 
 @router.delete("/api/segments/{key}", status_code=204)
@@ -204,52 +194,48 @@ async def delete_segment(request: Request, key: str, _: AdminDep) -> Response:
     """Members exit (recorded and published, reason "segment deleted"); the definition goes."""
     now = _runtime(request).clock.now()
     async with _runtime(request).changing() as (session, outbox):
-        await _custom(session, key)
+        _custom(key, await definition(session, key))
         await apply(session, [], (key,), now, outbox, everyone=True, exit_reason=lambda *_: "segment deleted")
-        await session.execute(delete(segment_definitions).where(segment_definitions.c.key == key))
+        await remove_definition(session, key)
     return Response(status_code=204)
 
 
 @router.post("/api/segments:preview", response_model=Preview)
 async def preview_segment(request: Request, body: PreviewIn, _: ReaderDep) -> Preview:
-    """How many customers a rule matches now, and a few of them (by id), without saving it."""
+    """How many customers a rule matches now, and a few of them (by id), without saving it; a
+    behaviour may look back as far as the events go (`complete_from` when a retention cuts it)."""
     rule = _rule(request, body.rule)
     runtime = _runtime(request)
-    async with runtime.store.read() as session:
-        facts = await load_facts(session, [rule], runtime.clock.now(), None)
-    matched = evaluate(rule, facts).nonzero()[0]
-    return Preview(count=len(matched), sample=[facts.ids[i] for i in matched[:_settings(request).preview_sample_size]])
+    preview_facts: PreviewFacts = request.app.state.preview_facts
+    async with preview_facts.lock, runtime.store.read() as session:  # facts in memory, current by version
+        index = await preview_facts.current(session)
+        facts = await index.facts(session, [rule], runtime.clock.now())
+        matched = (evaluate(rule, facts) & index.alive_mask()).nonzero()[0]
+    sample = index.first_ids(matched, _settings(request).preview_sample_size)
+    return Preview(count=len(matched), sample=sample, complete_from=_complete_from(request, rule))
 
 
-async def _definition(session: AsyncSession, key: str) -> Definition | None:
-    found = await definitions(session, [key])
-    return found[0] if found else None
-
-
-async def _custom(session: AsyncSession, key: str) -> Definition:
+def _custom(key: str, held: Definition | None) -> Definition:
+    """The custom segment `key` held (`definition(session, key)`), or the error saying why there is none."""
     if key in builtin_segments():
         raise ApiError(409, f"{key!r} is built in: its thresholds are settings (see the README), not a rule.")
-    if (definition := await _definition(session, key)) is None:
+    if held is None:
         raise ApiError(404, f"No custom segment {key!r}. GET /api/segments lists them.")
-    return definition
+    return held
 
 
-async def _known(session: AsyncSession, key: str) -> str:
-    if key not in builtin_segments() and await _definition(session, key) is None:
+def _known(key: str, exists: bool) -> None:
+    if not exists:
         raise ApiError(404, f"No segment {key!r}. GET /api/segments lists them.")
-    return key
 
 
 @router.get("/api/segments/{key}/members", response_model=Page[dict[str, Any]])
 async def segment_members(request: Request, key: str, _: ReaderDep, limit: Limit = 50, cursor: Cursor = None) -> Page[dict[str, Any]]:
     """Customers in the segment now, with since when and why."""
     after = decode_cursor(cursor, str)
-    query = select(memberships).where(memberships.c.segment == key).order_by(memberships.c.customer_id).limit(limit + 1)
-    if after:
-        query = query.where(memberships.c.customer_id > after[0])
     async with _runtime(request).store.read() as session:
-        await _known(session, key)
-        rows = (await session.execute(query)).all()
+        _known(key, await segment_exists(session, key))
+        rows = await store.members(session, key, after[0] if after else None, limit + 1)
     items = [{"customer_id": r.customer_id, "since": to_iso(r.since), "reason": r.reason} for r in rows[:limit]]
     return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].customer_id) if len(rows) > limit else None)
 
@@ -260,14 +246,9 @@ async def segment_history(
 ) -> Page[dict[str, Any]]:
     """Entries and exits, newest first, optionally for one customer."""
     after = decode_cursor(cursor, int)
-    query = select(history).where(history.c.segment == key).order_by(history.c.id.desc()).limit(limit + 1)
-    if customer_id:
-        query = query.where(history.c.customer_id == customer_id)
-    if after:
-        query = query.where(history.c.id < after[0])
     async with _runtime(request).store.read() as session:
-        await _known(session, key)
-        rows = (await session.execute(query)).all()
+        _known(key, await segment_exists(session, key))
+        rows = await store.history_page(session, key, customer_id, after[0] if after else None, limit + 1)
     items = [{"customer_id": r.customer_id, "change": r.change, "at": to_iso(r.at), "reason": r.reason} for r in rows[:limit]]
     return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
@@ -285,10 +266,9 @@ async def segment_size(
     if (end - start) / step > MAX_POINTS:
         raise ApiError(422, f"At most {MAX_POINTS} {interval}s between 'from' and 'to'.")
     async with _runtime(request).store.read() as session:
-        await _known(session, key)
-        size = await _size_at(session, key, start)
-        changes = (await session.execute(select(history.c.at, history.c.change).where(
-            history.c.segment == key, history.c.at >= start, history.c.at < end).order_by(history.c.at))).all()
+        _known(key, await segment_exists(session, key))
+        size = await store.size_at(session, key, start)
+        changes = await store.changes_between(session, key, start, end)
     points: list[dict[str, Any]] = []
     at, i = start, 0
     while at < end:
@@ -298,11 +278,3 @@ async def segment_size(
             i += 1
         points.append({"at": to_iso(at), "size": size})
     return {"segment": key, "interval": interval, "points": points}
-
-
-async def _size_at(session: Any, key: str, at: datetime) -> int:
-    """Members at `at`: entries minus exits recorded before it."""
-    rows = await session.execute(select(history.c.change, func.count()).where(
-        history.c.segment == key, history.c.at < at).group_by(history.c.change))
-    counts = dict(rows.all())
-    return int(counts.get("entered", 0)) - int(counts.get("exited", 0))

@@ -12,16 +12,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import Wanted, apply
 from services.segmentation.facts import ProfileFacts, load_facts
+from services.segmentation.logic import builtin_segments
 from services.segmentation.rules import POPULATION_FIELDS, parse
 from services.segmentation.store import customer_events, segment_definitions
 from shared.outbox import Outbox
 from shared.rules import Rule, behaviours, evaluate, explain, fields, summary
-
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,44 @@ class Definition:
         return bool(fields(self.rule) & set(POPULATION_FIELDS))
 
 
-async def definitions(session: AsyncSession, keys: list[str] | None = None) -> list[Definition]:
-    query = select(segment_definitions).order_by(segment_definitions.c.key)
+async def definitions(session: AsyncSession, keys: list[str] | None = None, after: str | None = None,
+                      limit: int | None = None) -> list[Definition]:
+    """Custom segments by key: these `keys`, or (paging) the `limit` first after key `after`."""
+    query = select(segment_definitions).order_by(segment_definitions.c.key).limit(limit)
     if keys is not None:
         query = query.where(segment_definitions.c.key.in_(keys))
+    if after is not None:
+        query = query.where(segment_definitions.c.key > after)
     return [Definition(r.key, r.name, r.description, parse(orjson.loads(r.rule)), orjson.loads(r.rule),
                        r.created_at, r.updated_at)
             for r in await session.execute(query)]
+
+
+async def definition(session: AsyncSession, key: str) -> Definition | None:
+    """The custom segment `key` (None: no such custom segment)."""
+    found = await definitions(session, [key])
+    return found[0] if found else None
+
+
+async def segment_exists(session: AsyncSession, key: str) -> bool:
+    """A built-in segment, or a custom one defined now."""
+    return key in builtin_segments() or await definition(session, key) is not None
+
+
+async def add_definition(session: AsyncSession, d: Definition) -> None:
+    await session.execute(insert(segment_definitions).values(
+        key=d.key, name=d.name, description=d.description, rule=orjson.dumps(d.raw_rule).decode(),
+        created_at=d.created_at, updated_at=d.updated_at))
+
+
+async def replace_definition(session: AsyncSession, d: Definition) -> None:
+    """The held definition of `d.key` takes d's name, description, rule and time of update."""
+    await session.execute(update(segment_definitions).where(segment_definitions.c.key == d.key).values(
+        name=d.name, description=d.description, rule=orjson.dumps(d.raw_rule).decode(), updated_at=d.updated_at))
+
+
+async def remove_definition(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(segment_definitions).where(segment_definitions.c.key == key))
 
 
 async def evaluate_custom(
@@ -106,6 +137,30 @@ async def reevaluate_custom(session: AsyncSession, touched: set[str], last_run: 
     return changed
 
 
-async def prune_events(session: AsyncSession, now: datetime, retention_days: float) -> None:
-    await session.execute(customer_events.delete().where(customer_events.c.at < now - timedelta(days=retention_days)))
+def horizon(now: datetime, retention_days: float) -> datetime | None:
+    """With SEGMENTATION_EVENTS_RETENTION_DAYS set, the time before which behaviour events are not
+    kept (None: every event is kept, the default)."""
+    return now - timedelta(days=retention_days) if retention_days > 0 else None
+
+
+def complete_from(rule: Rule, now: datetime, retention_days: float) -> datetime | None:
+    """The horizon, when one of the rule's behaviour windows starts before it (what the rule
+    counts there is only what is still kept); None when the rule sees every event it asks for."""
+    oldest = horizon(now, retention_days)
+    if oldest is None or all(now - timedelta(days=b.within_days) >= oldest for b in behaviours(rule)):
+        return None
+    return oldest
+
+
+async def prune_events(session: AsyncSession, now: datetime, retention_days: float) -> set[str]:
+    """With a retention set, the behaviour events older than it go; returns whose went (their
+    custom segments are evaluated again: rules reaching before the horizon count what is left)."""
+    oldest = horizon(now, retention_days)
+    if oldest is None:
+        return set()
+    old = customer_events.c.at < oldest
+    customers = set((await session.execute(select(customer_events.c.customer_id).where(old).distinct())).scalars())
+    if customers:
+        await session.execute(customer_events.delete().where(old))
+    return customers
 

@@ -5,7 +5,7 @@ change is published on segments.v1 (through the outbox, in the same transaction)
   (`evaluate_customers`).
 - For all buyers at once, every `reevaluate_seconds`: value tier and RFM, which are relative to
   the whole population, and the time-based segments of customers whose last order or oldest
-  in-window order crossed a threshold since the previous run (`schedule.reevaluate`).
+  in-window order crossed a threshold since the previous run (`jobs.reevaluate`).
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation import logic
-from services.segmentation.logic import Thresholds
+from services.segmentation.logic import Thresholds, nps_category
 from services.segmentation.store import history, memberships, orders, profiles
 from shared.events import SegmentChanged
 from shared.identity import chunks
 from shared.outbox import Outbox
 
-CUSTOMER_FAMILIES = ("lifecycle:", "frequency:")
+CUSTOMER_FAMILIES = ("lifecycle:", "frequency:", "nps:")
 POPULATION_FAMILIES = ("value:", "rfm:")
 
 
@@ -49,13 +49,13 @@ async def evaluate_customers(
     since = now - timedelta(days=t.frequency_window_days)
     for chunk in chunks(customer_ids):
         rows = (await session.execute(
-            select(profiles.c.customer_id, profiles.c.order_count, profiles.c.last_order_at)
+            select(profiles.c.customer_id, profiles.c.order_count, profiles.c.last_order_at, profiles.c.nps_score)
             .where(profiles.c.customer_id.in_(chunk)))).all()
         recent = dict((await session.execute(
             select(orders.c.customer_id, func.count()).where(orders.c.customer_id.in_(chunk), orders.c.at > since)
             .group_by(orders.c.customer_id))).all())
-        wanted = [Wanted(r.customer_id, _customer_segments(r.order_count, r.last_order_at, recent.get(r.customer_id, 0), now, t))
-                  for r in rows]
+        wanted = [Wanted(r.customer_id, _customer_segments(r.order_count, r.last_order_at, recent.get(r.customer_id, 0), now, t)
+                         | nps_segment(r.nps_score)) for r in rows]
         changed += await apply(session, wanted, CUSTOMER_FAMILIES, now, outbox)
     return changed
 
@@ -69,6 +69,13 @@ def _customer_segments(
     if tier := logic.frequency_tier(recent_orders, t):
         wanted[f"frequency:{tier}"] = f"{recent_orders} order(s) in the last {t.frequency_window_days:g} days"
     return wanted
+
+
+def nps_segment(score: int | None) -> dict[str, str]:
+    """`nps:<category>` of the latest NPS answer (docs/api.md section 11); none without one."""
+    if score is None:
+        return {}
+    return {f"nps:{nps_category(score)}": f"latest NPS answer {score} (promoter 9-10, passive 7-8, detractor 0-6)"}
 
 
 def _lifecycle_reason(stage: str, order_count: int, days: float | None, t: Thresholds) -> str:
@@ -97,8 +104,9 @@ async def apply(
         for chunk in chunks([w.customer_id for w in wanted]):
             current |= await _current(session, families, chunk)
     target = {(w.customer_id, s): reason for w in wanted for s, reason in w.segments.items()}
-    exits = [key for key in current if key not in target]
-    entries = [key for key in target if key not in current]
+    # Rows in one order (customer, segment) in every writer: two that meet wait, not deadlock.
+    exits = sorted(key for key in current if key not in target)
+    entries = sorted(key for key in target if key not in current)
     if exits:
         await session.execute(
             delete(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s")),
@@ -107,7 +115,7 @@ async def apply(
         await session.execute(insert(memberships), [
             {"customer_id": c, "segment": s, "since": at, "reason": target[(c, s)]} for c, s in entries])
     # Still a member for new reasons (scores moved, days passed): `why` follows, no history entry.
-    reworded = [{"c": c, "s": s, "r": target[(c, s)]} for (c, s), reason in current.items()
+    reworded = [{"c": c, "s": s, "r": target[(c, s)]} for (c, s), reason in sorted(current.items())
                 if (c, s) in target and target[(c, s)] != reason]
     if reworded:
         await session.execute(

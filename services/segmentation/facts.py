@@ -21,10 +21,10 @@ from shared.rules import MISSING, Behaviour, EventFacts, Rule, behaviours, evalu
 # Profile fields kept as columns of the profiles table.
 PROFILE_NUMBERS = {"event_count": profiles.c.event_count, "order_count": profiles.c.order_count,
                    "revenue": profiles.c.revenue, "rfm.r": profiles.c.rfm_r, "rfm.f": profiles.c.rfm_f,
-                   "rfm.m": profiles.c.rfm_m}
+                   "rfm.m": profiles.c.rfm_m, "nps.score": profiles.c.nps_score, "csat.score": profiles.c.csat_score}
 PROFILE_TEXTS = {"channel": profiles.c.channel, "value_tier": profiles.c.value_tier, "rfm.label": profiles.c.rfm_label}
 # Fields held as built-in memberships (`lifecycle:new` -> lifecycle "new").
-MEMBERSHIP_FAMILIES = {"lifecycle": "lifecycle:", "frequency_tier": "frequency:"}
+MEMBERSHIP_FAMILIES = {"lifecycle": "lifecycle:", "frequency_tier": "frequency:", "nps.category": "nps:"}
 
 
 class ProfileFacts:
@@ -84,15 +84,9 @@ async def _load(session: AsyncSession, rules: list[Rule], now: datetime, chunk: 
     index = {c: i for i, c in enumerate(ids)}
     columns: dict[str, Sequence[Any] | NDArray[np.float64]] = {}
     for field in needed:
-        if field in PROFILE_NUMBERS:
-            columns[field] = _numbers([getattr(r, PROFILE_NUMBERS[field].name) for r in rows])
-        elif field in PROFILE_TEXTS:
-            columns[field] = [_present(getattr(r, PROFILE_TEXTS[field].name)) for r in rows]
-        elif field == "avg_order_value":
-            columns[field] = _numbers([r.revenue / r.order_count if r.order_count else None for r in rows])
-        elif field == "rfm.recency_days":
-            columns[field] = _numbers([(now - r.last_order_at).total_seconds() / 86400 if r.last_order_at else None
-                                       for r in rows])
+        if field in PROFILE_NUMBERS or field in PROFILE_TEXTS or field in ("avg_order_value", "rfm.recency_days"):
+            values = [profile_value(field, r, now) for r in rows]
+            columns[field] = values if field in PROFILE_TEXTS else _numbers(values)
         elif field in MEMBERSHIP_FAMILIES:
             columns[field] = await _from_memberships(session, MEMBERSHIP_FAMILIES[field], index, chunk)
         elif match := FUNNEL_FIELD.match(field):
@@ -100,6 +94,19 @@ async def _load(session: AsyncSession, rules: list[Rule], now: datetime, chunk: 
     traits = [orjson.loads(r.traits) for r in rows] if profiles.c.traits in wanted_columns else [{}] * len(rows)
     counts = {id(b): await _behaviour_counts(session, b, now, index, chunk) for r in rules for b in behaviours(r)}
     return ProfileFacts(ids, columns, counts, traits)
+
+
+def profile_value(field: str, row: Any, now: datetime) -> Any:
+    """A field kept on the profile row (PROFILE_NUMBERS, PROFILE_TEXTS, avg_order_value,
+    rfm.recency_days): None for a missing number, MISSING for a missing text."""
+    if field in PROFILE_NUMBERS:
+        return getattr(row, PROFILE_NUMBERS[field].name)
+    if field in PROFILE_TEXTS:
+        return _present(getattr(row, PROFILE_TEXTS[field].name))
+    if field == "avg_order_value":
+        return row.revenue / row.order_count if row.order_count else None
+    assert field == "rfm.recency_days", field
+    return (now - row.last_order_at).total_seconds() / 86400 if row.last_order_at else None
 
 
 def _numbers(values: list[Any]) -> NDArray[np.float64]:

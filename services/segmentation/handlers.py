@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.custom import evaluate_custom
 from services.segmentation.evaluation import Wanted, apply, evaluate_customers
+from services.segmentation.feedback import refresh_feedback
 from services.segmentation.logic import Thresholds
-from services.segmentation.recording import record_interactions, refresh_orders
+from services.segmentation.recording import StageMove, keep_later_stages, record_interactions, refresh_orders
 from services.segmentation.store import (
+    bus_tables,
     customer_events,
     erasures,
     funnel_stages,
@@ -26,11 +28,19 @@ from services.segmentation.store import (
     memberships,
     orders,
     profiles,
+    survey_answers,
 )
-from shared.consumer import Handlers, Transaction
-from shared.events import CustomerErased, CustomerLinked, Event, FunnelStageChanged, Interaction
-from shared.identity import canonical_ids, erase, later_move, merge_traits
-from shared.store import insert_ignoring_conflicts
+from shared.consumer import Handlers, Transaction, handlers_of, on
+from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, Interaction
+from shared.identity import (
+    canonical_ids,
+    drop_outgoing_about,
+    erase,
+    erasure_times,
+    merge_traits,
+    on_erasure_recorded,
+    relink,
+)
 
 
 async def canonical(session: AsyncSession, customer_id: str) -> str:
@@ -44,6 +54,7 @@ class Batch:
 
     interactions: list[Interaction] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)
+    stages: list[FunnelStageChanged] = field(default_factory=list)
 
 
 def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
@@ -62,8 +73,7 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
 
         tx.defer("segmentation.evaluate", evaluate_dirty)
 
-    async def on_interaction(event: Event, tx: Transaction) -> None:
-        assert isinstance(event, Interaction)
+    async def on_interaction(event: Interaction, tx: Transaction) -> None:
         batch(tx).interactions.append(event)
 
         async def record() -> None:
@@ -73,53 +83,58 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
 
         tx.defer("segmentation.record", record)
 
-    async def on_linked(event: Event, tx: Transaction) -> None:
-        assert isinstance(event, CustomerLinked)
+    async def on_linked(event: CustomerLinked, tx: Transaction) -> None:
+        await record_stages(tx)  # the stage changes before it first, as they came
         await _merge(tx, event.merged_id, event.customer_id, tx.now)
         evaluate(event.customer_id, tx)
 
-    async def on_funnel_stage(event: Event, tx: Transaction) -> None:
-        """The customer's latest stage per funnel (latest recorded move, so late ones do not win)."""
-        assert isinstance(event, FunnelStageChanged)
-        if await _erased_before(tx.session, event.at, event.customer_id):
-            return
-        customer = await canonical(tx.session, event.customer_id)
-        key = (funnel_stages.c.customer_id == customer, funnel_stages.c.funnel == event.funnel)
-        held = (await tx.session.execute(select(funnel_stages.c.at, funnel_stages.c.seq).where(*key))).first()
-        if held is None:
-            await tx.session.execute(insert(funnel_stages).values(
-                customer_id=customer, funnel=event.funnel, stage=event.to_stage, at=event.at, seq=event.order))
-        elif later_move(event.order, event.at, held.seq, held.at):
-            await tx.session.execute(update(funnel_stages).where(*key).values(stage=event.to_stage, at=event.at,
-                                                                                 seq=event.order))
-        else:
-            return
-        evaluate(customer, tx)
+    async def on_funnel_stage(event: FunnelStageChanged, tx: Transaction) -> None:
+        """The customer's latest stage per funnel (latest recorded move, so late ones do not win),
+        kept for the whole batch at once before its end (or before a link or erasure in it)."""
+        batch(tx).stages.append(event)
+        tx.defer("segmentation.stages", lambda: record_stages(tx))
 
-    async def on_erased(event: Event, tx: Transaction) -> None:
-        assert isinstance(event, CustomerErased)
-        await erase(tx.session, links, erasures, event,
-                    (profiles, orders, memberships, history, customer_events, funnel_stages))
+    async def record_stages(tx: Transaction) -> None:
+        events, batch(tx).stages = batch(tx).stages, []
+        if events:
+            for customer in await _record_stages(tx.session, events):
+                evaluate(customer, tx)
 
-    return {Interaction: [on_interaction], CustomerLinked: [on_linked], CustomerErased: [on_erased],
-            FunnelStageChanged: [on_funnel_stage]}
+    async def on_erased(event: CustomerErased, tx: Transaction) -> None:
+        await record_stages(tx)
+        everyone = await erase(tx.session, links, erasures, event,
+                               (profiles, orders, memberships, history, customer_events, funnel_stages, survey_answers),
+                               bus_tables.outbox)
+        batch(tx).dirty.difference_update(everyone)
+        drop_outgoing_about(tx, everyone)
+
+    async def on_hashed_erasure(event: ErasureRecorded, tx: Transaction) -> None:
+        await on_erasure_recorded(tx.session, erasures, event)
+
+    return handlers_of(on(Interaction, on_interaction), on(CustomerLinked, on_linked), on(CustomerErased, on_erased),
+                       on(ErasureRecorded, on_hashed_erasure), on(FunnelStageChanged, on_funnel_stage))
 
 
-async def _erased_before(session: AsyncSession, at: datetime, *ids: str | None) -> bool:
-    erased_at = await session.scalar(select(func.max(erasures.c.at)).where(erasures.c.customer_id.in_({i for i in ids if i})))
-    return erased_at is not None and at <= erased_at
+async def _record_stages(session: AsyncSession, events: list[FunnelStageChanged]) -> set[str]:
+    """Each move, in order, replaces the held stage of its (canonical customer, funnel) if it is
+    the later one; moves about a customer erased after them are dropped. Returns who moved."""
+    erased = await erasure_times(session, erasures, (e.customer_id for e in events))
+    events = [e for e in events if not (e.customer_id in erased and e.at <= erased[e.customer_id])]
+    canonical = await canonical_ids(session, links, (e.customer_id for e in events))
+    return await keep_later_stages(session, [
+        StageMove(canonical.get(e.customer_id, e.customer_id), e.funnel, e.to_stage, e.at, e.order) for e in events])
 
 
 async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) -> None:
     """`merged_id`'s profile, orders and links move to `customer`; its memberships end."""
     session = tx.session
-    await session.execute(update(links).where(links.c.customer_id == merged_id).values(customer_id=customer))
-    await session.execute(insert_ignoring_conflicts(links, _dialect(session)).values(alias_id=merged_id, customer_id=customer))
+    await relink(session, links, merged_id, customer)
     old = (await session.execute(select(profiles).where(profiles.c.customer_id == merged_id))).first()
     if old is None:
         return
     await session.execute(update(orders).where(orders.c.customer_id == merged_id).values(customer_id=customer))
     await session.execute(update(customer_events).where(customer_events.c.customer_id == merged_id).values(customer_id=customer))
+    await session.execute(update(survey_answers).where(survey_answers.c.customer_id == merged_id).values(customer_id=customer))
     await _merge_funnel_stages(session, merged_id, customer)
     await apply(session, [Wanted(merged_id, {})], None, now, tx.outbox)
     await session.execute(delete(profiles).where(profiles.c.customer_id == merged_id))
@@ -137,20 +152,13 @@ async def _merge(tx: Transaction, merged_id: str, customer: str, now: datetime) 
             channel=old.channel if older_touch else into.channel,
             channel_at=old.channel_at if older_touch else into.channel_at))
     await refresh_orders(session, [customer])
+    await refresh_feedback(session, [customer])
 
 
 async def _merge_funnel_stages(session: AsyncSession, merged_id: str, customer: str) -> None:
-    """Per funnel, the later of the two stages stays on `customer`."""
+    """Per funnel, the later of the two stages stays on `customer`, decided as for a move on
+    funnel.v1 (by the recorded order, not only by time)."""
     theirs = (await session.execute(select(funnel_stages).where(funnel_stages.c.customer_id == merged_id))).all()
     await session.execute(delete(funnel_stages).where(funnel_stages.c.customer_id == merged_id))
-    for row in theirs:
-        key = (funnel_stages.c.customer_id == customer, funnel_stages.c.funnel == row.funnel)
-        held = await session.scalar(select(funnel_stages.c.at).where(*key))
-        if held is None:
-            await session.execute(insert(funnel_stages).values({**row._mapping, "customer_id": customer}))
-        elif row.at > held:
-            await session.execute(update(funnel_stages).where(*key).values(stage=row.stage, at=row.at))
+    await keep_later_stages(session, [StageMove(customer, r.funnel, r.stage, r.at, r.seq) for r in theirs])
 
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name

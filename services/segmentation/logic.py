@@ -1,4 +1,4 @@
-"""The built-in segments of API.md section 3, as pure functions. No I/O, no clock.
+"""The built-in segments of docs/api.md section 3, as pure functions. No I/O, no clock.
 
 Shares are compared with exact fractions and scores with integers, so a tier boundary never
 moves by a float rounding error (0.7 * 10 is 7.000000000000001 in floats).
@@ -41,6 +41,11 @@ def lifecycle(order_count: int, days_since_last_order: float | None, t: Threshol
     return "active"
 
 
+def nps_category(score: int) -> str:
+    """promoter 9-10, passive 7-8, detractor 0-6 (docs/api.md section 11)."""
+    return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
+
+
 def frequency_tier(orders_in_window: int, t: Thresholds) -> str | None:
     if orders_in_window >= t.frequency_high_orders:
         return "high"
@@ -52,13 +57,15 @@ def frequency_tier(orders_in_window: int, t: Thresholds) -> str | None:
 
 
 def value_tiers(revenue: dict[str, float], t: Thresholds) -> dict[str, str]:
-    """Among buyers: rank 1 is the highest revenue, ties share the best rank."""
+    """Among buyers: rank 1 is the highest revenue, ties share the best rank. High reaches at
+    least rank 1, so the top buyer is high however few buyers there are (docs/api.md, section 3)."""
     n = len(revenue)
     ordered = sorted(revenue.values())
+    high_up_to: Fraction = max(Fraction(1), t.value_high_share * n)
     tiers = {}
     for customer, amount in revenue.items():
         rank = 1 + n - bisect_right(ordered, amount)  # 1 + buyers with strictly more revenue
-        if rank <= t.value_high_share * n:
+        if rank <= high_up_to:
             tiers[customer] = "high"
         elif rank > t.value_low_share * n:
             tiers[customer] = "low"
@@ -130,6 +137,7 @@ def rfm_label(r: int, fm: int) -> str:
 
 
 LIFECYCLE_STAGES = ("potential", "new", "active", "loyal", "at_risk", "churned")
+NPS_CATEGORIES = ("promoter", "passive", "detractor")
 RFM_LABELS = ("champions", "cannot_lose_them", "at_risk", "loyal_customers", "new_customers", "promising",
               "potential_loyalists", "need_attention", "about_to_sleep", "hibernating", "lost")
 
@@ -140,6 +148,7 @@ def builtin_segments() -> dict[str, str]:
     segments |= {f"value:{t}": f"Buyers in the {t} revenue tier" for t in ("high", "medium", "low")}
     segments |= {f"frequency:{t}": f"Buyers with {t} purchase frequency (orders in the window)" for t in ("high", "medium", "low")}
     segments |= {f"rfm:{label}": f"RFM label {label.replace('_', ' ')}" for label in RFM_LABELS}
+    segments |= {f"nps:{c}": f"Customers whose latest NPS answer makes them a {c}" for c in NPS_CATEGORIES}
     return segments
 
 

@@ -1,5 +1,5 @@
 """Recording a batch of interactions into profiles, orders and the behaviour store, in a few bulk
-statements per batch (not per event).
+statements per batch (not per event); and each customer's latest stage per funnel.
 
 Order-safe: first/last seen are min/max, a trait keeps the value of its latest identify, the
 first-touch channel is the channel of the earliest event, and order figures are recomputed from
@@ -7,37 +7,42 @@ the orders table, so late and repeated events give the same profile as events in
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.store import customer_events, erasures, links, orders, profiles
+from services.segmentation.feedback import record_answers
+from services.segmentation.store import customer_events, erasures, funnel_stages, links, orders, profiles
 from shared.events import Interaction
-from shared.identity import canonical_ids, chunks, merge_traits, not_erased
+from shared.identity import canonical_ids, chunks, later_move, merge_traits, not_erased
+from shared.keyed_rows import read_keyed, write_keyed
+from shared.metrics import EVENTS_PAST_RETENTION
 from shared.store import insert_ignoring_conflicts
 
 ORDER_EVENT = "Order Completed"
+MAX_AMOUNT = 1e12  # as ingest accepts (services/ingest/messages.py): any sum of them stays finite
 # What behaviour conditions call page and screen views (Segment's names for them in destinations).
 VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
 
 
 def order_amount(properties: dict[str, Any]) -> float:
     """`revenue`, else `total`, else `value` (Segment e-commerce spec); numbers or numeric text.
-    NaN and infinities are not amounts (they would poison revenue and every tier)."""
+    Only 0 to MAX_AMOUNT is an amount: NaN and infinities would poison revenue and every tier,
+    two amounts of 1.7e308 add up to infinity, and a negative order is no order (ingest rejects
+    all of these; records from before it did still reach a replay)."""
     for key in ("revenue", "total", "value"):
         value = properties.get(key)
         if isinstance(value, bool) or value is None:
             continue
         try:
             amount = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
-        if math.isfinite(amount):
+        if 0 <= amount <= MAX_AMOUNT:
             return amount
     return 0.0
 
@@ -51,22 +56,34 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
     for event in events:
         by_customer[canonical.get(event.customer_id, event.customer_id)].append(event)
     await _fold_profiles(session, by_customer)
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
     placed = [(customer, e) for customer, evs in by_customer.items() for e in evs]
     order_rows = [{"event_id": e.event_id, "customer_id": c, "at": e.occurred_at, "amount": order_amount(e.properties)}
                   for c, e in placed if e.type == "track" and e.name == ORDER_EVENT]
     if order_rows:
-        await session.execute(insert_ignoring_conflicts(orders, dialect), order_rows)
+        await session.execute(insert_ignoring_conflicts(orders, session), order_rows)
         await refresh_orders(session, sorted({r["customer_id"] for r in order_rows}))
-    oldest = now - timedelta(days=retention_days)
-    behaviour_rows = [{"event_id": e.event_id, "customer_id": c, "name": name, "at": e.occurred_at,
-                       "properties": orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name
-                                                  else e.properties)}
-                      for c, e in placed
-                      if (name := e.name if e.type == "track" else VIEW_EVENTS.get(e.type)) and e.occurred_at > oldest]
+    await record_answers(session, placed)
+    behaviour_rows = _within_retention(
+        [{"event_id": e.event_id, "customer_id": c, "name": name, "at": e.occurred_at,
+          "properties": orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name else e.properties)}
+         for c, e in placed if (name := e.name if e.type == "track" else VIEW_EVENTS.get(e.type))],
+        now, retention_days)
     if behaviour_rows:
-        await session.execute(insert_ignoring_conflicts(customer_events, dialect), behaviour_rows)
+        await session.execute(insert_ignoring_conflicts(customer_events, session), behaviour_rows)
     return set(by_customer)
+
+
+def _within_retention(rows: list[dict[str, Any]], now: datetime, retention_days: float) -> list[dict[str, Any]]:
+    """The behaviour events kept: all by default. With a retention set, one older than it still
+    counts in the profile (orders, revenue, first seen, traits) but is not kept for behaviour
+    conditions; rules whose window reaches before the horizon say so (`complete_from`)."""
+    if retention_days <= 0:
+        return rows
+    oldest = now - timedelta(days=retention_days)
+    kept = [r for r in rows if r["at"] > oldest]
+    if len(kept) < len(rows):
+        EVENTS_PAST_RETENTION.labels("segmentation").inc(len(rows) - len(kept))
+    return kept
 
 
 async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Interaction]]) -> None:
@@ -122,3 +139,33 @@ async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
                 update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id")).values(
                     order_count=bindparam("b_count"), revenue=bindparam("b_revenue"), last_order_at=bindparam("b_last")),
                 [{"b_customer_id": c, "b_count": n, "b_revenue": float(r), "b_last": last} for c, n, r, last in totals])
+
+
+class StageMove(NamedTuple):
+    """A customer's stage in a funnel, as a move on funnel.v1 or a row a merged customer held."""
+
+    customer_id: str
+    funnel: str
+    stage: str | None
+    at: datetime
+    seq: str | None  # FunnelStageChanged.order: sorts as the funnel service recorded the moves
+
+
+async def keep_later_stages(session: AsyncSession, moves: list[StageMove]) -> set[str]:
+    """Each move, in order, replaces the held stage of its (customer, funnel) when it is at least
+    as recent (`later_move`: by the recorded order when both have one, else by time), so a late
+    move never wins, whether it comes on funnel.v1 or with a merged customer. Returns whose stage
+    was written."""
+    held = await read_keyed(session, funnel_stages, "funnel", ((m.customer_id, m.funnel) for m in moves))
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+    inserted: set[tuple[str, str]] = set()
+    for move in moves:
+        key = (move.customer_id, move.funnel)
+        row = held.get(key)
+        if row is None:
+            inserted.add(key)
+        elif not later_move(move.seq, move.at, row["seq"], row["at"]):
+            continue
+        held[key] = written[key] = move._asdict()
+    await write_keyed(session, funnel_stages, "funnel", written, inserted)
+    return {customer for customer, _ in written}

@@ -1,10 +1,18 @@
-"""The segmentation store: profiles, orders, segment memberships and their history."""
+"""The segmentation store: profiles, orders, segment memberships and their history; and the
+queries the API and the scheduled pass make of them (the writes that follow events live beside
+the rules they apply: recording.py, evaluation.py, custom.py, feedback.py)."""
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, String, Table, Text
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, Row, String, Table, Text, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables
-from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
+from shared.store import BigId, UTCDateTime, add_bus_tables, insert_ignoring_conflicts, make_metadata
 
 metadata = make_metadata()
 bus_tables = add_bus_tables(metadata)
@@ -31,6 +39,11 @@ profiles = Table(
     Column("rfm_f", Integer),
     Column("rfm_m", Integer),
     Column("rfm_label", String(40)),
+    # The latest survey answers (docs/api.md section 11), from survey_answers by event time.
+    Column("nps_score", Integer),
+    Column("nps_at", UTCDateTime),
+    Column("csat_score", Integer),
+    Column("csat_at", UTCDateTime),
 )
 
 # Every order, so counts, revenue and the 365-day frequency stay right under late and repeated events.
@@ -66,6 +79,7 @@ history = Table(
 )
 
 links, erasures = add_identity_tables(metadata)
+customer_locks = add_customer_locks(metadata, links)  # taken by each consumed batch
 
 # When each scheduled job last ran, so a restart resumes where it stopped.
 job_runs = Table(
@@ -75,7 +89,7 @@ job_runs = Table(
     Column("last_run_at", UTCDateTime, nullable=False),
 )
 
-# Custom segments (API.md section 3): the rule as the user wrote it (JSON), checked on write.
+# Custom segments (docs/api.md section 3): the rule as the user wrote it (JSON), checked on write.
 segment_definitions = Table(
     "segment_definitions",
     metadata,
@@ -112,3 +126,98 @@ funnel_stages = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
 )
+
+# Every valid `Survey Responded` answer (docs/api.md section 11), keyed by event id so replays and
+# redeliveries land once; the profile's `nps` and `csat` are each customer's latest by event time.
+survey_answers = Table(
+    "survey_answers",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False),
+    Column("survey", String(10), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("channel", String(50)),
+    Index("ix_survey_answers_customer_id", "customer_id", "survey", "at"),
+    Index("ix_survey_answers_survey_at", "survey", "at"),
+)
+
+# Whose facts changed, and when (a version in commit order), for the facts previews keep in memory
+# (facts_index.py). Written only by triggers (migration 0009) on profiles, customer_events,
+# memberships and funnel_stages; a profile deleted or renamed moves the generation instead.
+fact_changes = Table(
+    "fact_changes",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("version", BigInteger, nullable=False, index=True),
+)
+fact_generation = Table(
+    "fact_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)
+
+
+async def profile(session: AsyncSession, customer_id: str) -> Row[Any] | None:
+    """The customer's profile row (None without one)."""
+    return (await session.execute(select(profiles).where(profiles.c.customer_id == customer_id))).first()
+
+
+async def memberships_of(session: AsyncSession, customer_id: str) -> Sequence[Row[Any]]:
+    """The customer's memberships, by segment key."""
+    return (await session.execute(select(memberships).where(memberships.c.customer_id == customer_id)
+                                  .order_by(memberships.c.segment))).all()
+
+
+async def member_counts(session: AsyncSession, keys: list[str] | None = None) -> dict[str, int]:
+    """Members per segment (these `keys`, or every segment with one); a segment without any is absent."""
+    query = select(memberships.c.segment, func.count()).group_by(memberships.c.segment)
+    if keys is not None:
+        query = query.where(memberships.c.segment.in_(keys))
+    return {segment: int(n) for segment, n in (await session.execute(query)).all()}
+
+
+async def members(session: AsyncSession, segment: str, after: str | None, limit: int) -> Sequence[Row[Any]]:
+    """Up to `limit` memberships of the segment, by customer id, after customer `after`."""
+    query = select(memberships).where(memberships.c.segment == segment).order_by(memberships.c.customer_id).limit(limit)
+    if after is not None:
+        query = query.where(memberships.c.customer_id > after)
+    return (await session.execute(query)).all()
+
+
+async def history_page(session: AsyncSession, segment: str, customer_id: str | None, before: int | None,
+                       limit: int) -> Sequence[Row[Any]]:
+    """Up to `limit` entries and exits of the segment (of one customer, when given), newest
+    first, recorded before history row `before`."""
+    query = select(history).where(history.c.segment == segment).order_by(history.c.id.desc()).limit(limit)
+    if customer_id:
+        query = query.where(history.c.customer_id == customer_id)
+    if before is not None:
+        query = query.where(history.c.id < before)
+    return (await session.execute(query)).all()
+
+
+async def size_at(session: AsyncSession, segment: str, at: datetime) -> int:
+    """Members at `at`: entries minus exits recorded before it."""
+    rows = await session.execute(select(history.c.change, func.count()).where(
+        history.c.segment == segment, history.c.at < at).group_by(history.c.change))
+    counts = dict(rows.tuples().all())
+    return int(counts.get("entered", 0)) - int(counts.get("exited", 0))
+
+
+async def changes_between(session: AsyncSession, segment: str, start: datetime, end: datetime) -> Sequence[Row[Any]]:
+    """The segment's entries and exits (`at`, `change`) in [start, end), oldest first."""
+    return (await session.execute(select(history.c.at, history.c.change).where(
+        history.c.segment == segment, history.c.at >= start, history.c.at < end).order_by(history.c.at))).all()
+
+
+async def last_run(session: AsyncSession, job: str) -> datetime | None:
+    """When the job last ran (None: never)."""
+    at: datetime | None = await session.scalar(select(job_runs.c.last_run_at).where(job_runs.c.name == job))
+    return at
+
+
+async def record_run(session: AsyncSession, job: str, at: datetime) -> None:
+    await session.execute(insert_ignoring_conflicts(job_runs, session).values(name=job, last_run_at=at))
+    await session.execute(update(job_runs).where(job_runs.c.name == job).values(last_run_at=at))

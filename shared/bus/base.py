@@ -89,3 +89,9 @@ class Bus(Protocol):
     async def lag(self, group: str, topics: list[str]) -> dict[TopicPartition, int]:
         """Records not yet committed by `group`, per partition (for metrics and tests)."""
         ...
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """Up to `limit` records of one partition from `offset` on, in offset order, without
+        joining a consumer group or committing anything (dead letters are read this way).
+        An empty list: nothing from `offset` on (an offset before the log start reads from it)."""
+        ...

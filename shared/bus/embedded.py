@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from shared.bus.base import OutgoingRecord, Record, TopicPartition, partition_for
 
@@ -74,6 +77,7 @@ class EmbeddedBus:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA secure_delete=ON")  # deleted records (erasure, retention) are zeroed, not left in free pages
         conn.executescript(SCHEMA)
         self._conn = conn
 
@@ -109,6 +113,50 @@ class EmbeddedBus:
 
     async def ensure_topics(self, topics: list[str]) -> None:
         await self._run(lambda: [self._ensure_topic(t) for t in topics])
+
+    # -- keeping the log to what may be kept (shared/bus/maintenance.py) --------------------------
+    async def edit_log(self, work: Callable[[LogEditor], T], write: bool = True) -> T:
+        """Run `work` on the bus thread in one transaction: a writer's (BEGIN IMMEDIATE) when
+        `write`, so processes sharing the file take turns and a crash leaves the log as it was."""
+        return await self._run(self._in_transaction, work, write)
+
+    def _in_transaction(self, work: Callable[[LogEditor], T], write: bool) -> T:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = work(LogEditor(db))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    async def scan_log(self, work: Callable[[LogEditor], T]) -> T:
+        """Run `work` in a read transaction on a connection of its own, in a thread of its own:
+        a long read (a pass over the whole log) holds up neither writers (WAL) nor this bus."""
+        return await asyncio.to_thread(self._scan, work)
+
+    def _scan(self, work: Callable[[LogEditor], T]) -> T:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return work(LogEditor(conn))
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the file and truncate it, so the -wal file keeps no page
+        an erasure or retention deleted (best effort: readers in progress can hold it open)."""
+        await self._run(lambda: self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+
+    async def apply_retention(self, older_than_ms: int) -> int:
+        """Delete records appended before `older_than_ms` that every consumer group of their
+        topic has committed past; dead letter topics no group reads, by age alone. Returns how
+        many went."""
+        return await self.edit_log(lambda editor: editor.apply_retention(older_than_ms))
 
     # -- producing -------------------------------------------------------------------------------
     async def publish(self, records: list[OutgoingRecord]) -> None:
@@ -166,8 +214,13 @@ class EmbeddedBus:
         lags: dict[TopicPartition, int] = {}
         for topic in topics:
             for p in range(self._ensure_topic(topic)):
-                end = self._end_offset(topic, p)
-                lags[(topic, p)] = end - (self._committed(group, topic, p) or 0)
+                # From the first record still there: erasure and retention leave gaps (at the end
+                # of a partition too, where no later record would let the group commit past them).
+                # A gap inside the range counts; the lag is exact at 0, where it matters most.
+                (first,) = self._db().execute(
+                    'SELECT min("offset") FROM records WHERE topic = ? AND partition = ? AND "offset" >= ?',
+                    (topic, p, self._committed(group, topic, p) or 0)).fetchone()
+                lags[(topic, p)] = 0 if first is None else self._end_offset(topic, p) - first
         return lags
 
     def _end_offset(self, topic: str, partition: int) -> int:
@@ -249,6 +302,10 @@ class EmbeddedBus:
             [(group, t, p, o) for (t, p), o in offsets.items()],
         )
 
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """One partition from `offset` on, outside any consumer group (a plain SELECT)."""
+        return await self._run(self._fetch, (topic, partition), offset, limit)
+
 
 class EmbeddedConsumer:
     """One member of a consumer group on the embedded bus."""
@@ -300,17 +357,24 @@ class EmbeddedConsumer:
             await self.bus.wait_for_records(deadline - time.monotonic())
 
     def _fetch_assigned(self, max_records: int) -> list[Record]:
-        """Up to max_records, shared fairly across assigned partitions."""
+        """Up to max_records, shared fairly across assigned partitions; what empty partitions
+        leave of their share goes to the busy ones (else a member of a group on several topics,
+        most of them quiet, would get batches of a few dozen records: many small transactions)."""
         out: list[Record] = []
-        partitions = list(self._positions)
-        share = max(1, max_records // max(1, len(partitions)))
-        for tp in partitions:
-            batch = self.bus._fetch(tp, self._positions[tp], min(share, max_records - len(out)))
-            if batch:
-                self._positions[tp] = batch[-1].offset + 1
-                out.extend(batch)
-            if len(out) >= max_records:
-                break
+        busy = list(self._positions)
+        while busy and len(out) < max_records:
+            share = max(1, (max_records - len(out)) // len(busy))
+            still_busy = []
+            for tp in busy:
+                batch = self.bus._fetch(tp, self._positions[tp], min(share, max_records - len(out)))
+                if batch:
+                    self._positions[tp] = batch[-1].offset + 1
+                    out.extend(batch)
+                if len(batch) == share:
+                    still_busy.append(tp)  # may hold more
+                if len(out) >= max_records:
+                    break
+            busy = still_busy
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -321,3 +385,118 @@ class EmbeddedConsumer:
             self._positions[(topic, partition)] = offset
         else:
             self._seeks[(topic, partition)] = offset
+
+
+class LogEditor:
+    """What maintenance may do to the log, inside one transaction of `EmbeddedBus.edit_log` (on
+    the bus's connection) or `EmbeddedBus.scan_log` (a read-only connection of its own)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def records_with_header(self, topic: str, name: str, value: str, start: dict[int, int]) -> list[Record]:
+        """The topic's records whose header `name` is `value`, from `start` (partition -> offset,
+        0 when absent) on, in partition and offset order."""
+        found = []
+        for partition in range(self.partitions(topic)):
+            rows = self.db.execute(
+                'SELECT "offset", key, value, headers, ts FROM records WHERE topic = ? AND partition = ? '
+                'AND "offset" >= ? AND instr(headers, ?) > 0 ORDER BY "offset"',
+                (topic, partition, start.get(partition, 0), json.dumps(value)),
+            ).fetchall()
+            found += [Record(topic, partition, o, k, v, json.loads(h), ts) for o, k, v, h, ts in rows]
+        return [r for r in found if r.headers.get(name) == value]
+
+    def header_of(self, record: Record, name: str) -> str | None:
+        """The header as the record holds it now (another process may have rewritten it)."""
+        row = self.db.execute('SELECT headers FROM records WHERE topic = ? AND partition = ? AND "offset" = ?',
+                              (record.topic, record.partition, record.offset)).fetchone()
+        value = json.loads(row[0]).get(name) if row else None
+        return str(value) if value is not None else None
+
+    def partitions(self, topic: str) -> int:
+        row = self.db.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def end_offset(self, topic: str, partition: int) -> int:
+        row = self.db.execute("SELECT next_offset FROM partition_ends WHERE topic = ? AND partition = ?",
+                              (topic, partition)).fetchone()
+        return int(row[0]) if row else 0
+
+    def committed(self, group: str, topic: str, partition: int) -> int:
+        row = self.db.execute('SELECT "offset" FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?',
+                              (group, topic, partition)).fetchone()
+        return int(row[0]) if row else 0
+
+    def groups_of(self, topic: str) -> set[str]:
+        """Consumer groups of a topic: those that committed an offset on it, and those with a
+        live member subscribed to it (a new group reads from 0 before its first commit)."""
+        committed = {g for (g,) in self.db.execute("SELECT DISTINCT grp FROM group_offsets WHERE topic = ?", (topic,))}
+        subscribed = {g for (g,) in self.db.execute(
+            "SELECT DISTINCT grp FROM group_members WHERE instr(topics, ?) > 0", (json.dumps(topic),))}
+        return committed | subscribed
+
+    def read_by_every_group(self, record: Record) -> bool:
+        """Has every consumer group of the record's topic committed past it?"""
+        return all(self.committed(g, record.topic, record.partition) > record.offset
+                   for g in self.groups_of(record.topic))
+
+    def replace(self, record: Record, new: OutgoingRecord) -> None:
+        """The record at the same place (topic, partition, offset) holds `new` instead."""
+        self.db.execute(
+            'UPDATE records SET key = ?, value = ?, headers = ? WHERE topic = ? AND partition = ? AND "offset" = ?',
+            (new.key, new.value, json.dumps(new.headers), record.topic, record.partition, record.offset),
+        )
+
+    def records_about(self, appended_until: dict[str, int], names: Callable[[bytes, set[str]], bool]
+                      ) -> list[tuple[str, int, int]]:
+        """(topic, partition, offset) of every record, in every topic (dead letters included),
+        about one of the ids and appended up to its time (`appended_until`: id -> ms): keyed by
+        it, or whose payload `names` it (only payloads holding it as a JSON string are decoded).
+        One pass over the log however many ids."""
+        if not appended_until:
+            return []
+        mention = re.compile(b"|".join(re.escape(orjson.dumps(i)) for i in sorted(appended_until, key=len, reverse=True)))
+        found = []
+        for topic, partition, offset, key, value, ts in self.db.execute(
+                'SELECT topic, partition, "offset", key, value, ts FROM records'):
+            if key in appended_until:
+                if ts <= appended_until[key]:
+                    found.append((topic, partition, offset))
+            elif mention.search(value):
+                named = {i for i in appended_until if ts <= appended_until[i]}
+                if named and names(value, named):
+                    found.append((topic, partition, offset))
+        return found
+
+    def delete(self, records: list[tuple[str, int, int]]) -> int:
+        """Delete these records (topic, partition, offset); returns how many were still there."""
+        deleted = 0
+        for place in records:
+            deleted += self.db.execute(
+                'DELETE FROM records WHERE topic = ? AND partition = ? AND "offset" = ?', place).rowcount
+        return deleted
+
+    def apply_retention(self, older_than_ms: int) -> int:
+        """Per partition, delete from its start up to the first record every group has still to
+        read or appended since `older_than_ms`, whichever comes first (offsets and append times
+        grow together, so both walks stop at the first record kept)."""
+        deleted = 0
+        for topic, partitions in self.db.execute("SELECT name, partitions FROM topics").fetchall():
+            groups = self.groups_of(topic)
+            for partition in range(partitions):
+                if groups:
+                    limit = min(self.committed(g, topic, partition) for g in groups)
+                elif topic.endswith(".dlq"):
+                    limit = self.end_offset(topic, partition)
+                else:
+                    continue  # nobody has read it yet: keep it for the group that will
+                young = self.db.execute(
+                    'SELECT "offset" FROM records WHERE topic = ? AND partition = ? AND ts >= ? ORDER BY "offset" LIMIT 1',
+                    (topic, partition, older_than_ms)).fetchone()
+                if young is not None:
+                    limit = min(limit, young[0])
+                deleted += self.db.execute(
+                    'DELETE FROM records WHERE topic = ? AND partition = ? AND "offset" < ?',
+                    (topic, partition, limit)).rowcount
+        return deleted

@@ -24,6 +24,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import ConsumerRecord
 
 from shared.bus.base import OutgoingRecord, Record, TopicPartition, partition_for
+from shared.bus.shredding import KEYS_TOPIC, KEYS_TOPIC_CONFIGS, KeyRing
 
 log = logging.getLogger("funnelstream.bus.kafka")
 
@@ -35,6 +36,9 @@ HEARTBEAT_INTERVAL_MS = 1_000
 MAX_POLL_INTERVAL_MS = 60_000
 PING_TIMEOUT_SECONDS = 3.0
 HIGH_WATERMARK_TIMEOUT_SECONDS = 5.0
+# A publisher reads the keys topic again at least this often, so it stops sealing with the keys of
+# a customer another process has just shredded (their next records get a new key).
+KEYS_FRESH_SECONDS = 5.0
 
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 
@@ -49,8 +53,16 @@ class KafkaBus:
         client_id: str = "funnelstream",
         *,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
+        retention_days: float = 0,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.retention_days = retention_days
+        # With a key ring, records are sealed with their customer's key (see shared/bus/shredding.py).
+        self.keyring = keyring
+        self._keys_lock = asyncio.Lock()
+        self._keys_reader: AIOKafkaConsumer | None = None
+        self._keys_read_at = 0.0
         self.partitions = partitions
         self.idempotent = idempotent
         self.replication_factor = replication_factor
@@ -85,6 +97,9 @@ class KafkaBus:
         producer, self._producer = self._producer, None
         admin, self._admin = self._admin, None
         reader, self._offsets_reader = self._offsets_reader, None
+        keys_reader, self._keys_reader = self._keys_reader, None
+        if keys_reader is not None:
+            await keys_reader.stop()
         if producer is not None:
             await producer.stop()
         if reader is not None:
@@ -110,7 +125,9 @@ class KafkaBus:
             self._known_topics |= missing
 
     async def _create_topics(self, admin: AIOKafkaAdminClient, topics: list[str]) -> None:
-        new_topics = [NewTopic(t, self.partitions, self.replication_factor) for t in topics]
+        new_topics = [NewTopic(t, self.partitions, self.replication_factor, topic_configs=self.topic_configs())
+                      if t != KEYS_TOPIC else NewTopic(t, 1, self.replication_factor, topic_configs=KEYS_TOPIC_CONFIGS)
+                      for t in topics]
         try:
             response = await admin.create_topics(new_topics)
         except TopicAlreadyExistsError:
@@ -120,6 +137,13 @@ class KafkaBus:
             if code not in (0, TOPIC_ALREADY_EXISTS):
                 raise for_code(code)(f"cannot create topic {topic}: {message}")
         log.info("created topics %s with %d partitions", topics, self.partitions)
+
+    def topic_configs(self) -> dict[str, str]:
+        """`retention.ms` of the topics the bus creates: BUS_RETENTION_DAYS, or -1 (for ever, the
+        default: replay from offset 0 needs the whole history) when 0. Kafka's own retention
+        does not wait for consumer groups, as the embedded log's does: keep it above their lag."""
+        days = self.retention_days
+        return {"retention.ms": str(int(days * 86_400_000) if days > 0 else -1)}
 
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
@@ -143,21 +167,107 @@ class KafkaBus:
         await self.ensure_topics(topics)
         # The topic's real partition count, which may differ from `partitions` if made elsewhere.
         counts = {t: len(await producer.partitions_for(t)) for t in topics}
+        if self.keyring is not None:
+            kids = await self._kids_for(sorted({r.key for r in records}))
+            await self._send([(r.topic, self.keyring.seal(kids[r.key], r), kids[r.key].encode(),
+                               partition_for(r.key, counts[r.topic]), []) for r in records])
+            return
+        await self._send([(r.topic, r.value, r.key.encode(), partition_for(r.key, counts[r.topic]),
+                           [(k, v.encode()) for k, v in r.headers.items()]) for r in records])
+
+    async def _send(self, items: list[tuple[str, bytes | None, bytes, int, list[tuple[str, bytes]]]]) -> None:
+        """(topic, value, key, partition, headers) each; returns once every one is stored."""
+        producer = self._started_producer()
         # Queue everything first, then wait: one round trip per batch, not per record.
         deliveries = [
-            await producer.send(
-                r.topic,
-                r.value,
-                key=r.key.encode(),
-                partition=partition_for(r.key, counts[r.topic]),
-                headers=[(k, v.encode()) for k, v in r.headers.items()],
-            )
-            for r in records
+            await producer.send(topic, value, key=key, partition=partition, headers=headers)
+            for topic, value, key, partition, headers in items
         ]
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    # -- sealing and shredding (shared/bus/shredding.py) -----------------------------------------
+    async def _kids_for(self, customers: list[str]) -> dict[str, str]:
+        """The key each customer's new records are sealed with; new keys are stored first."""
+        assert self.keyring is not None
+        async with self._keys_lock:
+            # Another process may have made their keys, or shredded them (then new ones are made).
+            stale = asyncio.get_running_loop().time() - self._keys_read_at > KEYS_FRESH_SECONDS
+            if stale or any(self.keyring.kid_for(c) is None for c in customers):
+                await self._sync_keys()
+            new = [(c, *self.keyring.new_key(c)) for c in customers if self.keyring.kid_for(c) is None]
+            if new:
+                await self._send([(KEYS_TOPIC, value, kid.encode(), 0, []) for _, kid, value in new])
+                for _, made, value in new:
+                    self.keyring.apply(made, value)
+            return {c: kid for c in customers if (kid := self.keyring.kid_for(c)) is not None}
+
+    async def shred(self, customers: list[str]) -> int:
+        """Destroy every key of these customers (ids): their records can no longer be read by
+        anyone. Returns how many keys went."""
+        if self.keyring is None:
+            return 0
+        async with self._keys_lock:
+            await self._sync_keys()
+            kids = self.keyring.kids_to_shred(customers)
+            if kids:
+                await self._send([(KEYS_TOPIC, None, kid.encode(), 0, []) for kid in kids])
+            for kid in kids:
+                self.keyring.apply(kid, None)
+        return len(kids)
+
+    async def _sync_keys(self) -> None:
+        """Read the keys topic from where this client left off to its end."""
+        assert self.keyring is not None
+        await self.ensure_topics([KEYS_TOPIC])
+        tp = KafkaTopicPartition(KEYS_TOPIC, 0)
+        if self._keys_reader is None:
+            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
+                                      fetch_max_wait_ms=50, auto_offset_reset="earliest")
+            await reader.start()
+            reader.assign([tp])
+            self._keys_reader = reader
+        reader = self._keys_reader
+        reader.seek(tp, self.keyring.position)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HIGH_WATERMARK_TIMEOUT_SECONDS
+        while True:
+            batch = await reader.getmany(tp, timeout_ms=100, max_records=10_000)
+            for message in batch.get(tp, []):
+                self.keyring.apply(message.key.decode(), message.value)
+                self.keyring.position = message.offset + 1
+            highwater = reader.highwater(tp)
+            if highwater is not None and await reader.position(tp) >= highwater:
+                self.keyring.position = max(self.keyring.position, await reader.position(tp))
+                self._keys_read_at = loop.time()
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {KEYS_TOPIC} to its end")
+
+    async def _opened(self, records: list[Record]) -> list[Record]:
+        """Sealed records as they were published (placeholders once shredded)."""
+        if self.keyring is None:
+            return records
+        kids = {kid for r in records if (kid := KeyRing.kid_of(r.value)) is not None}
+        if kids - self.keyring.keys.keys():
+            async with self._keys_lock:
+                await self._sync_keys()
+        return [self.keyring.open(r.topic, r.partition, r.offset, r.value, r.timestamp_ms)
+                if KeyRing.kid_of(r.value) is not None else r for r in records]
+
+    async def groups_committed(self, topic: str) -> dict[str, dict[int, int]]:
+        """Every consumer group that committed an offset on `topic`: partition -> offset."""
+        admin = await self._admin_client()
+        tps = await self._topic_partitions(admin, [topic])
+        found: dict[str, dict[int, int]] = {}
+        for group, *_ in await admin.list_consumer_groups():
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            offsets = {tp.partition: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+            if offsets:
+                found[group] = offsets
+        return found
 
     def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -254,6 +364,38 @@ class KafkaBus:
             self._offsets_reader = reader
         return self._offsets_reader
 
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """One partition from `offset` on with the group-less reader: assign and seek, no group,
+        nothing committed. Stops at `limit` records or at the partition's high watermark."""
+        await self.ensure_topics([topic])
+        tp = KafkaTopicPartition(topic, partition)
+        async with self._offsets_lock:  # the reader's assignment is shared state
+            reader = await self._reader()
+            reader.assign([tp])
+            try:
+                start = (await reader.beginning_offsets([tp]))[tp]
+                reader.seek(tp, max(offset, start))
+                records = await self._read_assigned(reader, tp, limit)
+            finally:
+                reader.unsubscribe()  # stop its background fetching
+        return await self._opened(records)
+
+    async def _read_assigned(self, reader: AIOKafkaConsumer, tp: KafkaTopicPartition, limit: int) -> list[Record]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HIGH_WATERMARK_TIMEOUT_SECONDS
+        records: list[Record] = []
+        while len(records) < limit:
+            batch = await reader.getmany(tp, timeout_ms=100, max_records=limit - len(records))
+            records += [_to_record(m) for m in batch.get(tp, [])]
+            highwater = reader.highwater(tp)
+            if highwater is not None and await reader.position(tp) >= highwater:
+                break
+            if loop.time() > deadline:
+                if highwater is None:
+                    raise TimeoutError(f"no high watermark for {tp}")
+                break  # what came so far; the caller reads on from the last offset
+        return records
+
 
 class KafkaConsumer:
     """One member of a consumer group, on top of `AIOKafkaConsumer`."""
@@ -298,7 +440,7 @@ class KafkaConsumer:
         batches = await self._started().getmany(
             timeout_ms=int(timeout * 1000), max_records=max_records
         )
-        return [_to_record(m) for messages in batches.values() for m in messages]
+        return await self.bus._opened([_to_record(m) for messages in batches.values() for m in messages])
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._started()

@@ -15,8 +15,8 @@ import pytest
 
 from shared.bus import create_bus
 from shared.settings import CommonSettings
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.helpers import READER, free_port, start_process, stop_process, wait_until_healthy
+from tests.deployment import SERVICES, separate_processes
+from tests.helpers import READER
 
 WRITE = ("dev-write-key", "")
 
@@ -25,13 +25,10 @@ WRITE = ("dev-write-key", "")
 def bus_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     if request.param == "embedded":
         return {"BUS_BACKEND": "embedded", "BUS_PATH": str(tmp_path / "bus.db")}
-    broker = request.getfixturevalue("kafka_broker")
+    broker = request.getfixturevalue("own_kafka_broker")
     return {"BUS_BACKEND": "kafka", "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "KAFKA_IDEMPOTENT_PRODUCER": str(broker.idempotent_producer).lower(),
             "BUS_PARTITIONS": "4"}
-
-
-SERVICES = ("ingest", "segmentation", "funnel", "followup")
 
 
 @pytest.fixture
@@ -40,29 +37,8 @@ def deployment(bus_env: dict[str, str], tmp_path: Path, pg_available: bool) -> I
     proxying to them over HTTP; yields the gateway URL."""
     if not pg_available:
         pytest.skip("PostgreSQL not reachable")
-    databases = {name: asyncio.run(create_pg_database()) for name in SERVICES}
-    ports = {name: free_port() for name in (*SERVICES, "gateway")}
-    processes = []
-    try:
-        for name in SERVICES:
-            log = tmp_path / f"{name}.log"
-            env = {**bus_env, "PORT": str(ports[name]), "DATA_DIR": str(tmp_path / name),
-                   f"{name.upper()}_DATABASE_URL": databases[name], "SEGMENTATION_REEVALUATE_SECONDS": "1"}
-            processes.append(start_process(f"services.{name}", env, log))
-        for name, process in zip(SERVICES, processes, strict=True):
-            wait_until_healthy(f"http://127.0.0.1:{ports[name]}", process, tmp_path / f"{name}.log")
-        gateway = start_process("services.gateway", {
-            **bus_env, "PORT": str(ports["gateway"]), "DATA_DIR": str(tmp_path / "gateway"),
-            **{f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{ports[name]}" for name in SERVICES},
-        }, tmp_path / "gateway.log")
-        processes.append(gateway)
-        wait_until_healthy(f"http://127.0.0.1:{ports['gateway']}", gateway, tmp_path / "gateway.log")
-        yield f"http://127.0.0.1:{ports['gateway']}"
-    finally:
-        for process in processes:
-            stop_process(process)
-        for database in databases.values():
-            asyncio.run(drop_pg_database(database))
+    with separate_processes(bus_env, tmp_path, {"SEGMENTATION_REEVALUATE_SECONDS": "1"}) as running:
+        yield running.url
 
 
 def poll(fn, timeout: float = 20):  # type: ignore[no-untyped-def]
@@ -94,6 +70,7 @@ async def published(env: dict[str, str], ids: set[str]) -> list[dict[str, object
     return got
 
 
+@pytest.mark.timeout(600)  # Kafka group joins on a shared broker late in a long session can take minutes
 class TestIngestAcrossProcesses:
     def test_events_sent_to_the_gateway_reach_the_timeline_and_the_bus(self, deployment: str, bus_env):
         run = uuid.uuid4().hex[:8]  # the Kafka broker outlives this test: ids of our own
@@ -127,7 +104,7 @@ class TestIngestAcrossProcesses:
             answer = httpx.get(f"{deployment}/ready", timeout=10)
             return answer.json() if answer.status_code == 200 else {}
 
-        services = poll(ready, timeout=60)["services"]
+        services = poll(ready, timeout=180)["services"]
         assert set(services) == set(SERVICES)
         assert all(s["status"] == "ready" and s["checks"]["store"]["ok"] for s in services.values())
 
@@ -149,12 +126,14 @@ class TestIngestAcrossProcesses:
             answer = httpx.get(f"{deployment}{path}", headers=READER, timeout=10)
             return answer.json() if answer.status_code == 200 else {}
 
-        profile = poll(lambda: (p := get(f"/api/customers/{user}")) and p.get("order_count") == 1 and p, timeout=60)
+        profile = poll(lambda: (p := get(f"/api/customers/{user}")) and p.get("order_count") == 1 and p, timeout=180)
         assert profile["lifecycle"] == "new" and profile["revenue"] == 30
         stage = poll(lambda: (f := get(f"/api/funnels/lifecycle/customers/{user}")) and f.get("stage") == "purchase" and f,
-                     timeout=60)
+                     timeout=180)
         assert [t["to_stage"] for t in stage["transitions"]] == ["awareness", "interest", "consideration", "purchase"]
-        followups = poll(lambda: get(f"/api/followups?customer_id={user}").get("items"), timeout=60)
+        # Other policies' follow-ups may come first (the segment changes arrive one by one).
+        followups = poll(lambda: (items := get(f"/api/followups?customer_id={user}").get("items"))
+                         and "welcome_new" in {f["policy"] for f in items} and items, timeout=180)
         assert {f["policy"] for f in followups} >= {"welcome_new"}
         report = get("/api/funnels/lifecycle/report")
         assert report["stages"][3]["entered"] >= 1

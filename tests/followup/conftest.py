@@ -42,7 +42,13 @@ def background_webhooks() -> bool:
 
 
 @pytest.fixture
-def gateway_app(data_dir: Path, followup_db_url: str | None, followup_env: dict[str, str], background_webhooks: bool,
+def store_url_service() -> str:
+    """`store_url` is a migrated follow-up store."""
+    return "followup"
+
+
+@pytest.fixture
+def gateway_app(migrated_data_dir: Path, followup_db_url: str | None, followup_env: dict[str, str], background_webhooks: bool,
                 monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     if followup_db_url:
         monkeypatch.setenv("FOLLOWUP_DATABASE_URL", followup_db_url)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +17,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from services.followup.app import run_scheduler, send_webhooks
+from services.followup.jobs import run_scheduler, send_webhooks
 from services.followup.settings import FollowupSettings
 from services.followup.store import deliveries
 from shared.clock import FixedClock
@@ -35,7 +34,7 @@ from shared.events import (
     to_iso,
 )
 from shared.service import Runtime
-from tests.helpers import ADMIN, READER, eventually, free_port
+from tests.helpers import ADMIN, READER, eventually, free_port, read_topic
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 SECRET = "test-webhook-secret"
@@ -117,14 +116,7 @@ class Followups:
     async def events(self) -> list[dict[str, Any]]:
         """Every FollowupChanged on followups.v1 so far (the outbox relayed first), by `at`."""
         await self.runtime.relay.flush()
-        consumer = self.runtime.bus.consumer(f"followup-test-{uuid.uuid4().hex[:8]}", [FOLLOWUPS])
-        await consumer.start()
-        try:
-            records = []
-            while batch := await consumer.poll(timeout=0.2):
-                records += batch
-        finally:
-            await consumer.stop()
+        records = await read_topic(self.runtime.bus, FOLLOWUPS)
         payloads = [orjson.loads(r.value) for r in records]
         return sorted(payloads, key=lambda p: p["at"])  # stable: bus order within a customer
 
@@ -138,13 +130,19 @@ class Followups:
 
     async def list(self, **params: Any) -> list[dict[str, Any]]:
         """Every follow-up the filters select, following `next_cursor` in small pages."""
+        return await self.paged("/api/followups", **params)
+
+    async def paged(self, path: str, limit: int = 2, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a paged list, following `next_cursor` (pages of `limit`, never more)."""
         items: list[dict[str, Any]] = []
         cursor = None
         while True:
-            query = {"limit": 2, **params, **({"cursor": cursor} if cursor else {})}
-            response = await self.client.get("/api/followups", params=query, headers=READER)
+            query = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
+            response = await self.client.get(path, params=query, headers=READER)
             assert response.status_code == 200, response.text
-            items += response.json()["items"]
+            page = response.json()["items"]
+            assert len(page) <= limit and (page or cursor is None), response.text  # no empty page after a cursor
+            items += page
             if not (cursor := response.json()["next_cursor"]):
                 return items
 

@@ -25,7 +25,13 @@ def funnel_db_url() -> str | None:
 
 
 @pytest.fixture
-def gateway_app(data_dir: Path, funnel_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+def store_url_service() -> str:
+    """`store_url` is a migrated funnel store."""
+    return "funnel"
+
+
+@pytest.fixture
+def gateway_app(migrated_data_dir: Path, funnel_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     if funnel_db_url:
         monkeypatch.setenv("FUNNEL_DATABASE_URL", funnel_db_url)
     # Scheduled passes run only when a test calls them (time is the test's to move).

@@ -4,7 +4,6 @@ reports, customers, stage lists, transitions and funnel.v1."""
 from __future__ import annotations
 
 import base64
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from fastapi import FastAPI
 from shared.clock import FixedClock
 from shared.events import CUSTOMERS, FUNNEL, INTERACTIONS, SEGMENTS
 from shared.service import Runtime
-from tests.helpers import ADMIN, READER, eventually
+from tests.helpers import ADMIN, READER, eventually, read_topic
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -164,14 +163,7 @@ class Funnels:
     async def published(self) -> list[dict[str, Any]]:
         """Every FunnelStageChanged on funnel.v1 so far, read by a consumer group of the test's own
         (without `order`, the opaque recording-order token, checked to grow per customer instead)."""
-        consumer = self.runtime.bus.consumer(f"funnel-test-{uuid.uuid4().hex[:8]}", [FUNNEL])
-        await consumer.start()
-        try:
-            records = []
-            while batch := await consumer.poll(timeout=0.2):
-                records += batch
-        finally:
-            await consumer.stop()
+        records = await read_topic(self.runtime.bus, FUNNEL)
         moves = [orjson.loads(r.value) for r in sorted(records, key=lambda r: (r.partition, r.offset))]
         for customer in {m["customer_id"] for m in moves}:
             orders = [m["order"] for m in moves if m["customer_id"] == customer and m["funnel"] == "lifecycle"]

@@ -14,6 +14,7 @@ from tests.funnel.support import T0, Funnels, at, identify, order, page, track, 
 from tests.funnel.test_semantics import reference_report
 
 STAGES = ["awareness", "interest", "consideration", "purchase", "loyalty"]
+SALES_STAGES = ["lead", "screening", "development", "conversion", "maintenance"]
 WIDE = {"from": at(-200), "to": at(1)}  # a cohort holding every customer of these tests
 
 
@@ -44,12 +45,16 @@ ANN = [(-10, "ann-page"), (-9, "ann-id"), (-8, "ann-view"), (-7, "ann-o1"), (-6,
 
 
 class TestLifecycleWalk:
-    async def test_the_default_funnel_is_always_listed(self, funnels: Funnels) -> None:
-        listed = await funnels.get("/api/funnels")
-        assert [(f["key"], f["built_in"], f["conversion_window_days"]) for f in listed] == [("lifecycle", True, 90)]
+    async def test_the_built_in_funnels_are_always_listed(self, funnels: Funnels) -> None:
+        listed = await funnels.paged("/api/funnels")
+        assert [(f["key"], f["built_in"], f["conversion_window_days"]) for f in listed] == [
+            ("lifecycle", True, 90), ("sales", True, 180)]
         assert [s["key"] for s in listed[0]["stages"]] == STAGES
+        assert [s["key"] for s in listed[1]["stages"]] == SALES_STAGES
         assert listed[0]["customers"] == dict.fromkeys(STAGES, 0)
+        assert listed[1]["customers"] == dict.fromkeys(SALES_STAGES, 0)
         assert await funnels.get("/api/funnels/lifecycle") == listed[0]
+        assert await funnels.get("/api/funnels/sales") == listed[1]
 
     async def test_a_customer_walks_every_stage_with_times_and_transitions(self, funnels: Funnels) -> None:
         await funnels.send(*walk("ann", start=-10))
@@ -57,6 +62,26 @@ class TestLifecycleWalk:
             "customer_id": "ann", "funnel": "lifecycle", "stage": "loyalty", "reached_at": at(-6),
             "attempt": attempt(*ANN), "transitions": moves("ann", *ANN)}
         assert (await funnels.get("/api/funnels/lifecycle"))["customers"] == {**dict.fromkeys(STAGES, 0), "loyalty": 1}
+
+    async def test_a_customer_walks_the_sales_process(self, funnels: Funnels) -> None:
+        # docs/api.md section 4: lead (Lead Created or an identify with an email), screening (Lead
+        # Qualified), development (Meeting Booked, Demo Completed, Quote Sent), conversion (an order),
+        # maintenance (a later order or a renewal); a second order alone is not a lead's walk.
+        await funnels.send(identify("bo-id", "bo", -20, email="bo@example.com"), track("bo-q", "bo", "Lead Qualified", -19),
+                           track("bo-demo", "bo", "Demo Completed", -18), order("bo-o", "bo", -17),
+                           track("bo-renew", "bo", "Subscription Renewed", -2),
+                           track("cy-lead", "cy", "Lead Created", -5), track("cy-q", "cy", "Lead Qualified", -4),
+                           track("cy-quote", "cy", "Quote Sent", -3), order("cy-o1", "cy", -2), order("cy-o2", "cy", -1),
+                           order("di-o1", "di", -3), order("di-o2", "di", -2), track("ed-q", "ed", "Lead Qualified", -3),
+                           track("ed-lead", "ed", "Lead Created", -1))
+        bo = await funnels.customer("sales", "bo")
+        assert (bo["stage"], [s["event_id"] for s in bo["attempt"]]) == ("maintenance", ["bo-id", "bo-q", "bo-demo", "bo-o", "bo-renew"])
+        cy = await funnels.customer("sales", "cy")
+        assert (cy["stage"], [s["event_id"] for s in cy["attempt"]]) == ("maintenance", ["cy-lead", "cy-q", "cy-quote", "cy-o1", "cy-o2"])
+        assert (await funnels.get_customer("sales", "di")).status_code == 404  # orders without ever being a lead
+        assert (await funnels.customer("sales", "ed"))["stage"] == "lead"  # qualified before being a lead
+        assert (await funnels.get("/api/funnels/sales"))["customers"] == {**dict.fromkeys(SALES_STAGES, 0), "lead": 1,
+                                                                         "maintenance": 2}
 
     async def test_each_event_moves_the_customer_one_stage(self, funnels: Funnels) -> None:
         for message, stage in zip(walk("ann", start=-10), STAGES, strict=True):
@@ -68,7 +93,9 @@ class TestLifecycleWalk:
         await funnels.send(*walk("ann", start=-10))
         await funnels.send(*walk("ann", start=-10))
         await funnels.send(*walk("ann", start=-10)[2:])
-        assert await funnels.published() == moves("ann", *ANN, funnel="lifecycle")
+        assert [m for m in await funnels.published() if m["funnel"] == "lifecycle"] == moves("ann", *ANN, funnel="lifecycle")
+        assert [m for m in await funnels.published() if m["funnel"] == "sales"] == [  # her identify with an email
+            {"customer_id": "ann", "funnel": "sales", "from_stage": None, "to_stage": "lead", "at": at(-9), "event_id": "ann-id"}]
         assert (await funnels.customer("lifecycle", "ann"))["transitions"] == moves("ann", *ANN)
 
     async def test_a_customer_without_a_first_step_is_not_in_the_funnel(self, funnels: Funnels) -> None:

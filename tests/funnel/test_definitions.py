@@ -53,6 +53,15 @@ BAD_DEFINITIONS: list[tuple[str, Any, str]] = [  # (what is changed, to what, th
     ("stages", [], "stages"),
     ("conversion_window_days", "30", "conversion_window_days"),
     ("conversion_window_days", 0, "conversion_window_days"),
+    ("conversion_window_days", 10**30, "conversion_window_days"),  # numbers no store can hold
+    ("conversion_window_days", 1e308, "conversion_window_days"),
+    ("conversion_window_days", 36501, "conversion_window_days"),  # over a century
+    ("stages.1.max_days_from_previous", 10**30, "stages[1].max_days_from_previous"),
+    ("stages.1.max_days_from_previous", 36500.5, "stages[1].max_days_from_previous"),
+    ("stages.1.match.where.value", 10**30, "stages[1].match.where.value"),
+    ("stages.1.match.where.value", -1e308, "stages[1].match.where.value"),
+    ("stages.1.match.where", {"field": "sku", "op": "in", "value": ["a", 2**64]}, "stages[1].match.where.value"),
+    ("stages.1.match.where", {"field": "sku", "op": "eq", "value": {"a": 10**30}}, "stages[1].match.where.value"),
     ("key", "view to buy", "key"),
 ]
 
@@ -70,7 +79,7 @@ class TestCreate:
         created = await funnels.create(VIEW_TO_BUY)
         assert created == {**VIEW_TO_BUY, "built_in": False, "customers": {"viewed": 2, "bought": 1}}
         assert await funnels.get("/api/funnels/view-to-buy") == created
-        assert [f["key"] for f in await funnels.get("/api/funnels")] == ["lifecycle", "view-to-buy"]
+        assert [f["key"] for f in await funnels.paged("/api/funnels")] == ["lifecycle", "sales", "view-to-buy"]
         ann = await funnels.customer("view-to-buy", "ann")
         assert ann["attempt"] == [{"stage": "viewed", "at": at(-10), "event_id": "ann-add"},
                                   {"stage": "bought", "at": at(-5), "event_id": "ann-o"}]
@@ -96,7 +105,7 @@ class TestCreate:
             response = await funnels.client.post("/api/funnels", json=with_(VIEW_TO_BUY, path, value), headers=ADMIN)
             assert_error(response, 422, "invalid_funnel")
             assert [d["loc"] for d in response.json()["error"]["details"]] == [where], (path, value)
-        assert [f["key"] for f in await funnels.get("/api/funnels")] == ["lifecycle"]
+        assert [f["key"] for f in await funnels.paged("/api/funnels")] == ["lifecycle", "sales"]
 
     async def test_a_body_that_is_not_json_is_a_400(self, funnels: Funnels) -> None:
         response = await funnels.client.post("/api/funnels", content=b"{not json",
@@ -168,6 +177,7 @@ class TestEdit:
         assert (edited["built_in"], edited["customers"]["awareness"], edited["customers"]["interest"]) == (True, 1, 0)
         assert (await funnels.customer("lifecycle", "ann"))["transitions"][-1]["to_stage"] == "awareness"
         assert_error(await funnels.client.delete("/api/funnels/lifecycle", headers=ADMIN), 409, "conflict")
+        assert_error(await funnels.client.delete("/api/funnels/sales", headers=ADMIN), 409, "conflict")
 
     async def test_a_body_key_other_than_the_path_or_an_unknown_funnel_is_refused(self, funnels: Funnels) -> None:
         await funnels.create(TRIAL)
@@ -186,7 +196,7 @@ class TestDelete:
         await funnels.settle()
         for path in ("/api/funnels/trial", "/api/funnels/trial/customers/ann", "/api/funnels/trial/report"):
             assert_error(await funnels.client.get(path, headers=READER), 404, "not_found")
-        assert [f["key"] for f in await funnels.get("/api/funnels")] == ["lifecycle"]
+        assert [f["key"] for f in await funnels.paged("/api/funnels")] == ["lifecycle", "sales"]
         last = [(p["customer_id"], p["from_stage"], p["to_stage"], p["at"]) for p in await funnels.published()
                 if p["funnel"] == "trial" and p["to_stage"] is None]
         assert sorted(last) == [("ann", "signup", None, at(0)), ("bob", "visit", None, at(0))]
@@ -257,3 +267,40 @@ class TestBadQueries:
     async def test_input_at_the_edges_of_the_number_and_time_ranges(self, funnels: Funnels, path: str,
                                                                     params: dict[str, Any], status: int, code: str) -> None:
         assert_error(await funnels.client.get(path, params=params, headers=READER), status, code)
+
+
+class TestListing:
+    async def test_funnels_are_paged_built_ins_first_then_by_key_each_once(self, funnels: Funnels) -> None:
+        await funnels.send(page("ann-p", "ann", -5), track("ann-up", "ann", "Signed Up", -4), page("bob-p", "bob", -3))
+        for key in ("zeta", "alpha", "mid"):  # sorting before, between and after lifecycle and sales
+            await funnels.create({**TRIAL, "key": key})
+        await funnels.update("lifecycle", {**TRIAL, "key": "lifecycle"})  # edited: stored, still built in
+        expected = ["lifecycle", "sales", "alpha", "mid", "zeta"]
+        first = await funnels.get("/api/funnels")
+        assert ([f["key"] for f in first["items"]], first["next_cursor"]) == (expected, None)
+        assert [f["built_in"] for f in first["items"]] == [True, True, False, False, False]
+        assert first["items"] == [await funnels.get(f"/api/funnels/{key}") for key in expected]  # counts per funnel
+        assert first["items"][2]["customers"] == {"visit": 1, "signup": 1}
+        for limit in (1, 2, 3, 4, 5, 1000):
+            assert [f["key"] for f in await funnels.paged("/api/funnels", limit=limit)] == expected, limit
+        assert (await funnels.get("/api/funnels", limit=5))["next_cursor"] is None
+
+    async def test_a_page_resumes_after_its_cursor_even_when_that_funnel_was_deleted(self, funnels: Funnels) -> None:
+        for key in ("a1", "a2", "a3"):
+            await funnels.create({**TRIAL, "key": key})
+        first = await funnels.get("/api/funnels", limit=3)
+        assert [f["key"] for f in first["items"]] == ["lifecycle", "sales", "a1"]
+        assert (await funnels.client.delete("/api/funnels/a1", headers=ADMIN)).status_code == 204
+        rest = await funnels.get("/api/funnels", cursor=first["next_cursor"])
+        assert ([f["key"] for f in rest["items"]], rest["next_cursor"]) == (["a2", "a3"], None)
+
+    @pytest.mark.parametrize(("params", "status", "code"), [
+        ({"limit": 0}, 422, "invalid_fields"), ({"limit": 1001}, 422, "invalid_fields"),
+        ({"cursor": "nonsense"}, 400, "invalid_cursor"), ({"cursor": "%%%"}, 400, "invalid_cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b"lifecycle").decode()}, 400, "invalid_cursor"),  # not JSON
+        ({"cursor": cursor("not a key!")}, 400, "invalid_cursor"), ({"cursor": cursor("")}, 400, "invalid_cursor"),
+        ({"cursor": cursor(7)}, 400, "invalid_cursor"), ({"cursor": cursor("a", "b")}, 400, "invalid_cursor"),
+    ])
+    async def test_a_bad_limit_or_cursor_is_refused(self, funnels: Funnels, params: dict[str, Any], status: int,
+                                                    code: str) -> None:
+        assert_error(await funnels.client.get("/api/funnels", params=params, headers=READER), status, code)

@@ -1,4 +1,4 @@
-"""The contract's funnel semantics (API.md section 4) on logic.py alone: hand-made cases with exact
+"""The contract's funnel semantics (docs/api.md section 4) on logic.py alone: hand-made cases with exact
 stage times, then random event sets held to a brute-force reference (every ordering of events,
 the contract's rule), and reports held to a reference computed from the attempts."""
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _fits(f: Funnel, combo: tuple[Matched, ...], window: float) -> bool:
 
 
 def reference_report(f: Funnel, attempts: Sequence[tuple[float, ...]], now: float) -> dict[str, Any]:
-    """The report of API.md section 4, straight from the cohort's counted attempts' times."""
+    """The report of docs/api.md section 4, straight from the cohort's counted attempts' times."""
     cohort = [t for t in attempts if t]
     window = f.conversion_window_days * DAY
     entered = [sum(1 for t in cohort if len(t) > i) for i in range(len(f.stages))]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,12 +26,6 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-async def gateway(data_dir: Path):
-    async with running(create_app(GatewaySettings())) as client:
-        yield client
-
-
 class TestRouting:
     @pytest.mark.parametrize(
         ("method", "path", "service"),
@@ -46,6 +39,8 @@ class TestRouting:
             ("GET", "/api/segments/value:high/members", "segmentation"),
             ("GET", "/api/funnels/lifecycle/report", "funnel"),
             ("POST", "/api/followups/f1/complete", "followup"),
+            ("GET", "/api/recommendations/customers/c1", "recommendation"),
+            ("GET", "/api/recommendations/products/p1/related", "recommendation"),
             ("GET", "/api/unknown", None),
             ("GET", "/api/segmentsx", None),
         ],
@@ -157,7 +152,7 @@ class TestOperations:
 
         response = await eventually(ready)
         services = response.json()["services"]
-        assert set(services) == {"ingest", "segmentation", "funnel", "followup"}
+        assert set(services) == {"ingest", "segmentation", "funnel", "followup", "recommendation"}
         for detail in services.values():
             assert detail["status"] == "ready"
             assert detail["checks"]["store"]["ok"] and detail["checks"]["bus"]["ok"]

@@ -28,7 +28,13 @@ def ingest_db_url() -> str | None:
 
 
 @pytest.fixture
-def gateway_app(data_dir: Path, ingest_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+def store_url_service() -> str:
+    """`store_url` is a migrated ingest store."""
+    return "ingest"
+
+
+@pytest.fixture
+def gateway_app(migrated_data_dir: Path, ingest_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     if ingest_db_url:
         monkeypatch.setenv("INGEST_DATABASE_URL", ingest_db_url)
     return create_app(GatewaySettings())

@@ -5,12 +5,13 @@ from collections import defaultdict
 
 from bench.retail import messages
 from tests.helpers import eventually
+from tests.retail_data import online_retail
 from tests.ingest.support import full_timeline, send_batch
 
 
 class TestRetailOrders:
     async def test_300_real_orders_in_three_batches_are_all_accepted_and_on_their_customers_timelines(self, client):
-        orders = messages(300)
+        orders = messages(300, online_retail())
         for start in range(0, 300, 100):
             answer = await send_batch(client, orders[start:start + 100])
             assert answer == {"success": True, "accepted": 100, "rejected": []}

@@ -25,7 +25,13 @@ def segmentation_db_url() -> str | None:
 
 
 @pytest.fixture
-def gateway_app(data_dir: Path, segmentation_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+def store_url_service() -> str:
+    """`store_url` is a migrated segmentation store."""
+    return "segmentation"
+
+
+@pytest.fixture
+def gateway_app(migrated_data_dir: Path, segmentation_db_url: str | None, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     if segmentation_db_url:
         monkeypatch.setenv("SEGMENTATION_DATABASE_URL", segmentation_db_url)
     # The scheduled pass runs only when a test calls it (time is the test's to move).

@@ -13,7 +13,7 @@ import httpx
 import orjson
 from fastapi import FastAPI
 
-from services.segmentation.app import reevaluate_now
+from services.segmentation.jobs import reevaluate_now
 from shared.bus.base import Consumer, Record
 from shared.bus.embedded import EmbeddedBus
 from shared.clock import FixedClock
@@ -24,6 +24,7 @@ from shared.events import (
     INTERACTIONS,
     SEGMENTS,
     FunnelStageChanged,
+    Interaction,
     encode,
 )
 from shared.service import Runtime
@@ -61,6 +62,21 @@ def page(
 
 def track(mid: str, user: str | None, event: str, days: float = 0, anon: str | None = None) -> dict[str, Any]:
     return {"type": "track", "event": event, "messageId": mid, "timestamp": at(days), **_who(user, anon)}
+
+
+def survey(mid: str, user: str | None, kind: Any, score: Any, days: float = 0, anon: str | None = None,
+           channel: str | None = None) -> dict[str, Any]:
+    """A `Survey Responded` answer (docs/api.md section 11); `channel` as the SDK's context.channel."""
+    return {"type": "track", "event": "Survey Responded", "messageId": mid, "timestamp": at(days),
+            "properties": {"survey": kind, "score": score}, "context": {"channel": channel} if channel else {},
+            **_who(user, anon)}
+
+
+def interaction(mid: str, user: str, name: str, days: float = 0, **properties: Any) -> Interaction:
+    """A track event as ingest publishes it on interactions.v1 (for records no SDK could send today)."""
+    when = T0 + timedelta(days=days)
+    return Interaction(event_id=mid, customer_id=user, user_id=user, type="track", name=name, properties=properties,
+                       occurred_at=when, received_at=when)
 
 
 class Segmentation:
@@ -124,11 +140,18 @@ class Segmentation:
         body: dict[str, Any] = response.json()
         return body
 
-    async def funnel_move(self, customer_id: str, funnel: str, to_stage: str | None, days: float = 0) -> None:
-        """A FunnelStageChanged on funnel.v1, as the funnel service publishes it; returns once applied."""
+    async def publish(self, *events: Interaction) -> None:
+        """Interactions straight onto interactions.v1, as ingest publishes them; returns once applied."""
+        await self.runtime.bus.publish([encode(e) for e in events])
+        await self.settle()
+
+    async def funnel_move(self, customer_id: str, funnel: str, to_stage: str | None, days: float = 0,
+                          order: str | None = None) -> None:
+        """A FunnelStageChanged on funnel.v1, as the funnel service publishes it (`order`: as it
+        recorded the moves); returns once applied."""
         at_ = T0 + timedelta(days=days)
         await self.runtime.bus.publish([encode(FunnelStageChanged(
-            customer_id=customer_id, funnel=funnel, from_stage=None, to_stage=to_stage, at=at_))])
+            customer_id=customer_id, funnel=funnel, from_stage=None, to_stage=to_stage, at=at_, order=order))])
         await self.settle()
 
     async def get_profile(self, customer_id: str) -> httpx.Response:
@@ -161,9 +184,8 @@ class Segmentation:
                 return items
 
     async def segments(self) -> dict[str, dict[str, Any]]:
-        response = await self.client.get("/api/segments", headers=READER)
-        assert response.status_code == 200, response.text
-        return {s["key"]: s for s in response.json()}
+        """Every segment, in listed order, following `next_cursor`."""
+        return {s["key"]: s for s in await self.paged("/api/segments")}
 
     async def sizes(self, key: str, **params: Any) -> list[tuple[str, int]]:
         response = await self.client.get(f"/api/segments/{key}/size", params=params, headers=READER)

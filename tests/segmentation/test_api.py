@@ -10,6 +10,7 @@ from tests.segmentation.support import Segmentation, at, order, page
 
 LIFECYCLE = ["lifecycle:potential", "lifecycle:new", "lifecycle:active", "lifecycle:loyal", "lifecycle:at_risk",
              "lifecycle:churned"]
+NPS = ["nps:promoter", "nps:passive", "nps:detractor"]  # API.md section 11
 TIERS = ["value:high", "value:medium", "value:low", "frequency:high", "frequency:medium", "frequency:low"]
 RFM = ["rfm:champions", "rfm:cannot_lose_them", "rfm:at_risk", "rfm:loyal_customers", "rfm:new_customers",
        "rfm:promising", "rfm:potential_loyalists", "rfm:need_attention", "rfm:about_to_sleep", "rfm:hibernating",
@@ -25,7 +26,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 class TestSegmentList:
     async def test_every_built_in_segment_is_listed_with_its_member_count(self, seg: Segmentation) -> None:
         listed = await seg.segments()
-        assert sorted(listed) == sorted(LIFECYCLE + TIERS + RFM)
+        assert sorted(listed) == sorted(LIFECYCLE + TIERS + RFM + NPS)
         assert all(s["built_in"] and s["description"] and s["member_count"] == 0 for s in listed.values())
 
         await seg.send(page("p-1", "ann", days=-1), order("o-1", "bob", days=-1, revenue=5),
@@ -33,7 +34,7 @@ class TestSegmentList:
         await seg.reevaluate()
         counts = {k: s["member_count"] for k, s in (await seg.segments()).items() if s["member_count"]}
         assert counts == {"lifecycle:potential": 1, "lifecycle:new": 1, "lifecycle:active": 1, "frequency:low": 1,
-                          "frequency:medium": 1, "value:medium": 1, "value:low": 1, "rfm:champions": 1,
+                          "frequency:medium": 1, "value:high": 1, "value:low": 1, "rfm:champions": 1,
                           "rfm:loyal_customers": 1}
         for key, count in counts.items():
             assert len(await seg.members(key)) == count

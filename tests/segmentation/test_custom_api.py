@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.segmentation.logic import builtin_segments
+from shared.paging import encode_cursor
 from tests.helpers import ADMIN, READER, assert_error
 from tests.segmentation.support import Segmentation, SegmentFeed, at, identify, order, page
 
@@ -40,8 +42,9 @@ class TestDefinitions:
         expected = {"key": "paid", "name": "Paying plans", "description": "pro or team", "built_in": False,
                     "member_count": 2, "rule": PLAN_IN, "created_at": at(0), "updated_at": at(0)}
         assert response.json() == expected
-        listed = await seg.client.get("/api/segments", headers=READER)
-        assert listed.json()[-1] == expected and [s["built_in"] for s in listed.json()].count(False) == 1
+        listed = (await seg.client.get("/api/segments", headers=READER)).json()
+        assert listed["items"][-1] == expected and [s["built_in"] for s in listed["items"]].count(False) == 1
+        assert listed["next_cursor"] is None
         assert (await seg.client.get("/api/segments/paid", headers=READER)).json() == expected
         assert await seg.members("paid") == ["ann", "bob"]
         assert await seg.history("paid", "bob") == [
@@ -151,7 +154,47 @@ class TestRules:
         assert (await seg.profile("c-00"))["segments"] == ["lifecycle:potential"]
 
 
+class TestListing:
+    async def test_segments_are_paged_built_ins_first_then_custom_by_key(self, seg: Segmentation) -> None:
+        for key in ("zeta", "alpha", "mid"):
+            assert (await create(seg, key, PLAN_IN)).status_code == 201
+        expected = [*builtin_segments(), "alpha", "mid", "zeta"]
+        first = (await seg.client.get("/api/segments", headers=READER)).json()
+        assert [s["key"] for s in first["items"]] == expected[:50] and (first["next_cursor"] is None) == (len(expected) <= 50)
+        for limit in (1, 7, len(builtin_segments()), 1000):
+            keys, cursor = [], None
+            while True:
+                params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+                page_ = (await seg.client.get("/api/segments", params=params, headers=READER)).json()
+                assert 0 < len(page_["items"]) <= limit
+                keys += [s["key"] for s in page_["items"]]
+                if not (cursor := page_["next_cursor"]):
+                    break
+            assert keys == expected, limit
+
+    async def test_a_page_resumes_after_its_cursor_even_when_that_segment_was_deleted(self, seg: Segmentation) -> None:
+        for key in ("a1", "a2", "a3"):
+            await create(seg, key, PLAN_IN)
+        builtins = len(builtin_segments())
+        page_ = (await seg.client.get("/api/segments", params={"limit": builtins + 1}, headers=READER)).json()
+        assert page_["items"][-1]["key"] == "a1"
+        assert (await seg.client.delete("/api/segments/a1", headers=ADMIN)).status_code == 204
+        rest = (await seg.client.get("/api/segments", params={"cursor": page_["next_cursor"]}, headers=READER)).json()
+        assert [s["key"] for s in rest["items"]] == ["a2", "a3"]
+
+    @pytest.mark.parametrize(("params", "status", "code"), [
+        ({"limit": 0}, 422, "invalid_fields"), ({"limit": 1001}, 422, "invalid_fields"),
+        ({"cursor": "nonsense"}, 400, "invalid_cursor"), ({"cursor": encode_cursor("lifecycle:vip")}, 400, "invalid_cursor"),
+        ({"cursor": encode_cursor(7)}, 400, "invalid_cursor")])
+    async def test_a_bad_limit_or_cursor_is_refused(self, seg: Segmentation, params: dict[str, Any], status: int,
+                                                    code: str) -> None:
+        assert_error(await seg.client.get("/api/segments", params=params, headers=READER), status, code)
+
+
 BAD_RULE = {"all": [{"field": "traits.plan", "op": "like", "value": "pro"}]}
+NESTED_300: Any = [1]
+for _ in range(299):
+    NESTED_300 = [NESTED_300]
 
 
 class TestRefusals:
@@ -159,7 +202,15 @@ class TestRefusals:
         ("POST", "/api/segments"), ("PUT", "/api/segments/paid"), ("POST", "/api/segments:preview")])
     @pytest.mark.parametrize(("rule", "where"), [
         (BAD_RULE, "rule.all[0].op"), ({"field": "lifecycle", "op": "eq", "value": "vip"}, "rule.value"),
-        ({"event": "Signed Up", "within_days": 366}, "rule.within_days"), (None, "rule"), ("traits.plan", "rule")])
+        ({"event": "Signed Up", "within_days": 73_001}, "rule.within_days"), (None, "rule"), ("traits.plan", "rule"),
+        # numbers no store or JSON writer holds, and values nested deeper than any property: never a 500
+        ({"field": "revenue", "op": "gt", "value": 10**30}, "rule.value"),
+        ({"field": "revenue", "op": "between", "value": [1, 1e308]}, "rule.value"),
+        ({"field": "traits.x", "op": "in", "value": ["a", 10**30]}, "rule.value"),
+        ({"field": "traits.x", "op": "eq", "value": {"a": [10**400]}}, "rule.value"),
+        ({"field": "traits.x", "op": "eq", "value": NESTED_300}, "rule.value"),
+        ({"event": "Signed Up", "within_days": 30, "value": 10**30}, "rule.value"),
+        ({"event": "Signed Up", "within_days": 30, "where": {"field": "p", "op": "gt", "value": 10**30}}, "rule.where.value")])
     async def test_a_bad_rule_is_a_422_naming_its_bad_part(
         self, seg: Segmentation, method: str, path: str, rule: Any, where: str
     ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ADMIN, eventually
-from tests.segmentation.support import Segmentation, identify, order, track
+from tests.segmentation.support import Segmentation, identify, order, page, track
 
 VIEWED_TWICE_IN_7_DAYS = {"event": "Product Viewed", "op": "gte", "value": 2, "within_days": 7}
 
@@ -117,6 +117,24 @@ class TestFunnelStages:
         assert await seg.members("trialists") == []
         why = (await seg.profile("ann"))["why"]
         assert "trialists" not in why
+
+    async def test_a_merge_keeps_the_later_stage_of_the_two_ids_as_a_move_would(self, seg: Segmentation) -> None:
+        """Per funnel, the stage recorded later stays: by the funnel service's order when both
+        moves have one (a move recorded after a funnel edit keeps its stage's older time), else by time."""
+        await seg.send(page("p-anon", None, -3, anon="anon-1"), identify("i-ann", "ann", -3, plan="pro"))
+        await seg.define("saas-paid", {"field": "funnel.saas.stage", "op": "eq", "value": "paid"})
+        await seg.define("shop-bought", {"field": "funnel.shop.stage", "op": "eq", "value": "bought"})
+        await seg.define("app-active", {"field": "funnel.app.stage", "op": "eq", "value": "active"})
+        await seg.funnel_move("ann", "saas", "trial", days=-1, order="0001")
+        await seg.funnel_move("anon-1", "saas", "paid", days=-2, order="0002")  # recorded after ann's
+        await seg.funnel_move("ann", "shop", "cart", days=-2)
+        await seg.funnel_move("anon-1", "shop", "bought", days=-1)  # no order: the later time
+        await seg.funnel_move("ann", "app", "active", days=-1)
+        await seg.funnel_move("anon-1", "app", "installed", days=-2)  # the earlier time: ann's stays
+        await seg.send(identify("i-link", "ann", 0, anon="anon-1"))
+        assert await seg.members("saas-paid") == ["ann"]
+        assert await seg.members("shop-bought") == ["ann"]
+        assert await seg.members("app-active") == ["ann"]
 
 
 class TestIdentity:

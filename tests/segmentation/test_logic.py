@@ -1,4 +1,4 @@
-"""The built-in segment rules of API.md section 3 as pure functions: lifecycle stages and their
+"""The built-in segment rules of docs/api.md section 3 as pure functions: lifecycle stages and their
 boundaries, value tiers by revenue rank, frequency tiers, RFM scores and labels."""
 from __future__ import annotations
 
@@ -59,9 +59,52 @@ class TestLifecycle:
 
 
 class TestValueTiers:
+    """`value:high` if rank <= max(1, 0.2 N), else `value:low` if rank > 0.7 N, else `value:medium`;
+    rank 1 = highest revenue, ties share the best rank. Expected tiers below are worked out by hand."""
+
     @staticmethod
     def counts(tiers: dict[str, str]) -> dict[str, int]:
         return {tier: list(tiers.values()).count(tier) for tier in ("high", "medium", "low")}
+
+    @staticmethod
+    def tiers_in_order(revenue: list[float], t: Thresholds = T) -> list[str]:
+        tiers = value_tiers({f"c{i}": float(r) for i, r in enumerate(revenue)}, t)
+        return [tiers[f"c{i}"] for i in range(len(revenue))]
+
+    def test_the_only_buyer_is_high(self) -> None:
+        # N = 1: max(1, 0.2) = 1, so rank 1 is high (a fresh install's first buyer)
+        assert value_tiers({"ann": 42.5}, T) == {"ann": "high"}
+        assert value_tiers({"ann": 0.0}, T) == {"ann": "high"}
+
+    @pytest.mark.parametrize(
+        ("revenue", "expected"),
+        [
+            # N = 2: high rank <= 1, low rank > 1.4
+            ([20, 10], ["high", "low"]),
+            ([10, 10], ["high", "high"]),
+            # N = 3: high rank <= 1, low rank > 2.1
+            ([30, 20, 10], ["high", "medium", "low"]),
+            ([30, 30, 10], ["high", "high", "low"]),          # ranks 1, 1, 3
+            ([30, 10, 10], ["high", "medium", "medium"]),     # ranks 1, 2, 2: 2 is not > 2.1
+            ([10, 10, 10], ["high", "high", "high"]),
+            # N = 5: high rank <= max(1, 1) = 1, low rank > 3.5
+            ([50, 40, 30, 20, 10], ["high", "medium", "medium", "low", "low"]),
+            ([50, 50, 30, 30, 10], ["high", "high", "medium", "medium", "low"]),  # ranks 1, 1, 3, 3, 5
+            ([50, 40, 40, 40, 10], ["high", "medium", "medium", "medium", "low"]),  # ranks 1, 2, 2, 2, 5
+            ([50, 40, 30, 30, 30], ["high", "medium", "medium", "medium", "medium"]),  # ranks 1, 2, 3, 3, 3
+            # N = 10: high rank <= 2, low rank > 7
+            ([100, 90, 80, 70, 60, 50, 40, 30, 20, 10], ["high"] * 2 + ["medium"] * 5 + ["low"] * 3),
+            ([100, 100, 100, 70, 60, 50, 40, 30, 20, 10], ["high"] * 3 + ["medium"] * 4 + ["low"] * 3),
+            ([100, 90, 90, 70, 60, 50, 40, 30, 30, 30], ["high"] * 3 + ["medium"] * 4 + ["low"] * 3),
+        ],
+    )
+    def test_small_populations_worked_out_by_hand(self, revenue: list[float], expected: list[str]) -> None:
+        assert self.tiers_in_order(revenue) == expected
+
+    def test_the_top_buyer_is_high_however_few_buyers(self) -> None:
+        for n in range(1, 5):  # 0.2 N < 1
+            tiers = self.tiers_in_order([float(n - i) for i in range(n)])
+            assert tiers[0] == "high" and tiers.count("high") == 1, n
 
     def test_ten_buyers_with_distinct_revenue_split_two_five_three(self) -> None:
         tiers = value_tiers({f"c{i}": 10.0 * i for i in range(1, 11)}, T)
@@ -70,8 +113,7 @@ class TestValueTiers:
     def test_ties_share_the_best_rank(self) -> None:
         # ranks 1, 2, 2, 2, 5, 6, 7, 7, 9, 10: the three at rank 2 are all in the top 0.2 N = 2
         revenue = [100, 90, 90, 90, 50, 40, 30, 30, 20, 10]
-        tiers = value_tiers({f"c{i}": float(r) for i, r in enumerate(revenue)}, T)
-        assert [tiers[f"c{i}"] for i in range(10)] == [
+        assert self.tiers_in_order(revenue) == [
             "high", "high", "high", "high", "medium", "medium", "medium", "medium", "low", "low"]
 
     def test_a_tie_straddling_the_low_boundary_stays_above_it(self) -> None:
@@ -82,10 +124,6 @@ class TestValueTiers:
 
     def test_everyone_tied_is_high(self) -> None:
         assert set(value_tiers({f"c{i}": 5.0 for i in range(10)}, T).values()) == {"high"}
-
-    def test_three_buyers_have_no_high_tier(self) -> None:
-        # 0.2 * 3 = 0.6 < rank 1; 0.7 * 3 = 2.1 < rank 3
-        assert value_tiers({"a": 30.0, "b": 20.0, "c": 10.0}, T) == {"a": "medium", "b": "medium", "c": "low"}
 
     def test_seven_buyers_split_one_three_three(self) -> None:
         # 0.2 * 7 = 1.4 -> rank 1 high; 0.7 * 7 = 4.9 -> ranks 5, 6, 7 low
@@ -98,11 +136,37 @@ class TestValueTiers:
             tiers = value_tiers({f"c{i}": float(i) for i in range(1, n + 1)}, SegmentationSettings().thresholds())
             ranks = {f"c{i}": n + 1 - i for i in range(1, n + 1)}
             for customer, rank in ranks.items():
-                expected = "high" if 5 * rank <= n else "low" if 10 * rank > 7 * n else "medium"
+                expected = "high" if rank == 1 or 5 * rank <= n else "low" if 10 * rank > 7 * n else "medium"
                 assert tiers[customer] == expected, (n, rank)
+
+    @pytest.mark.parametrize("shares", [(Fraction(1, 5), Fraction(7, 10)), (Fraction(1, 10), Fraction(1, 2)),
+                                        (Fraction(0), Fraction(9, 10)), (Fraction(1, 3), Fraction(1, 3))])
+    def test_random_populations_match_the_brute_force_reference(self, shares: tuple[Fraction, Fraction]) -> None:
+        t = Thresholds(value_high_share=shares[0], value_low_share=shares[1])
+        rng = random.Random(12)
+        for _ in range(300):
+            n = rng.randint(1, 40)
+            pool = [round(rng.uniform(0, 500), 2) for _ in range(rng.randint(1, n))]  # few values: many ties
+            revenue = {f"c{i}": rng.choice(pool) for i in range(n)}
+            assert value_tiers(revenue, t) == reference_value_tiers(revenue, t), revenue
 
     def test_no_buyers_no_tiers(self) -> None:
         assert value_tiers({}, T) == {}
+
+
+def reference_value_tiers(revenue: dict[str, float], t: Thresholds) -> dict[str, str]:
+    """docs/api.md section 3 read literally, one buyer at a time: rank = 1 + buyers with more revenue."""
+    n = len(revenue)
+    out = {}
+    for customer, mine in revenue.items():
+        rank = 1 + sum(1 for other in revenue.values() if other > mine)
+        if rank <= max(1, t.value_high_share * n):
+            out[customer] = "high"
+        elif rank > t.value_low_share * n:
+            out[customer] = "low"
+        else:
+            out[customer] = "medium"
+    return out
 
 
 class TestFrequencyTiers:
@@ -113,7 +177,7 @@ class TestFrequencyTiers:
 
 
 def reference_rfm(buyers: dict[str, tuple[float, int, float]]) -> dict[str, Rfm]:
-    """API.md section 3 read literally, in the slowest obvious way."""
+    """docs/api.md section 3 read literally, in the slowest obvious way."""
     n = len(buyers)
 
     def score(mine: float, everyone: list[float], lower_is_better: bool) -> int:

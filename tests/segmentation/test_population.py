@@ -67,6 +67,19 @@ class TestValueTiers:
         visitor = await seg.profile("visitor")
         assert (visitor["value_tier"], visitor["rfm"], visitor["lifecycle"]) == (None, None, "potential")
 
+    async def test_the_first_buyer_of_a_fresh_install_is_high_then_the_top_of_two(self, seg: Segmentation) -> None:
+        # rank <= max(1, 0.2 N): the top buyer is high however few buyers there are
+        await seg.send(order("o-ann", "ann", days=0, revenue=10), page("p-visitor", "visitor", days=0))
+        await seg.reevaluate()
+        profile = await seg.profile("ann")
+        assert (profile["value_tier"], profile["why"]["value:high"]["reason"]) == (
+            "high", "revenue rank among 1 buyers puts it in the high tier")
+        assert (await seg.members("value:high"), await seg.members("value:low")) == (["ann"], [])
+        await seg.send(order("o-bob", "bob", days=0, revenue=25))
+        await seg.reevaluate()
+        # N = 2: bob rank 1 <= 1 is high; ann rank 2 > 1.4 is low
+        assert (await seg.members("value:high"), await seg.members("value:low")) == (["bob"], ["ann"])
+
     async def test_a_new_top_buyer_pushes_the_others_down_a_rank(self, seg: Segmentation) -> None:
         await send_population(seg)
         await seg.reevaluate()
@@ -134,7 +147,7 @@ class TestSegmentEvents:
             await seg.advance(days=91)
             expected = {
                 ("lifecycle:new", "entered", at(0)), ("frequency:low", "entered", at(0)),
-                ("value:low", "entered", at(0)), ("rfm:champions", "entered", at(0)),
+                ("value:high", "entered", at(0)), ("rfm:champions", "entered", at(0)),
                 ("lifecycle:new", "exited", at(91)), ("lifecycle:at_risk", "entered", at(91)),
             }
             changes = await feed.changes(lambda cs: len(cs) >= len(expected))

@@ -6,7 +6,16 @@ import pytest
 
 from shared.bus.base import OutgoingRecord
 from shared.events import INTERACTIONS
-from tests.segmentation.support import Segmentation, at, identify, order, page, track
+from tests.segmentation.support import (
+    BASIC,
+    Segmentation,
+    at,
+    identify,
+    interaction,
+    order,
+    page,
+    track,
+)
 
 
 @pytest.fixture
@@ -36,7 +45,7 @@ class TestProfile:
             order("o-total", "bob", days=-1, total="20.5", value=999),
             order("o-value", "bob", days=0, value=30),
             order("o-text", "bob", days=-1.5, revenue="12.50"),
-            order("o-not-a-number", "bob", days=-1.2, revenue="n/a", total=7),
+            order("o-null", "bob", days=-1.2, revenue=None, total=7),
             track("t-1", "bob", "Product Viewed", days=-4),
         )
         profile = await seg.profile("bob")
@@ -47,16 +56,32 @@ class TestProfile:
         assert profile["last_order_at"] == at(0)
         assert (profile["first_seen"], profile["last_seen"]) == (at(-4), at(0))
 
-    async def test_an_amount_that_is_not_a_finite_number_counts_as_no_amount(self, seg: Segmentation) -> None:
-        """'NaN' and '1e999' parse as floats; taken as amounts they would lose the event (SQLite stores
-        NaN as NULL) or make the revenue NaN for good (PostgreSQL)."""
-        await seg.send(
-            order("o-nan", "kim", days=-2, revenue="NaN", total=5),
-            order("o-inf", "kim", days=-1, revenue="1e999"),
-            page("p-1", "kim", days=0),
-        )
+    async def test_an_amount_out_of_range_is_rejected_at_ingest_and_leaves_the_profile_alone(self, seg: Segmentation) -> None:
+        """'NaN' and '1e999' parse as floats; two amounts of 1.7e308 add up to infinity (shown as null)."""
+        await seg.send(order("o-kim", "kim", days=-3, revenue=5))
+        for properties in ({"revenue": "NaN", "total": 5}, {"revenue": "1e999"}, {"revenue": 1.7e308},
+                           {"revenue": -20}, {"revenue": "n/a", "total": 7}):
+            response = await seg.client.post("/v1/batch", json={"batch": [order("o-bad", "kim", days=-1, **properties)]},
+                                             headers=BASIC)
+            assert response.status_code == 200 and response.json()["accepted"] == 0, response.text
+        await seg.settle()
         profile = await seg.profile("kim")
-        assert (profile["event_count"], profile["order_count"], profile["revenue"]) == (3, 2, 5.0)
+        assert (profile["event_count"], profile["order_count"], profile["revenue"]) == (1, 1, 5.0)
+
+    async def test_an_amount_out_of_range_on_the_bus_counts_as_no_amount(self, seg: Segmentation) -> None:
+        """Records written before ingest checked amounts (or by another producer): not a finite
+        number from 0 to 1e12, an order counts with no amount, so revenue is never inf or NaN."""
+        amounts = [5.0, "NaN", 1.7e308, 1.7e308, -20.0, 1e12, float("inf")]
+        await seg.publish(*(interaction(f"o-{i}", "kim", "Order Completed", -1, revenue=a) for i, a in enumerate(amounts)))
+        profile = await seg.profile("kim")
+        assert (profile["event_count"], profile["order_count"], profile["revenue"]) == (7, 7, 5.0 + 1e12)
+        assert profile["avg_order_value"] == pytest.approx((5.0 + 1e12) / 7)
+
+    async def test_a_refund_is_an_event_not_an_order(self, seg: Segmentation) -> None:
+        await seg.send(order("o-1", "lea", days=-3, revenue=40),
+                       track("r-1", "lea", "Order Refunded", days=-1) | {"properties": {"revenue": -40}})
+        profile = await seg.profile("lea")
+        assert (profile["event_count"], profile["order_count"], profile["revenue"]) == (2, 1, 40.0)
 
     async def test_first_touch_channel_is_the_earliest_events_even_when_it_arrives_late(self, seg: Segmentation) -> None:
         await seg.send(page("p-email", "dee", days=3, context=EMAIL_VISIT))

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.segmentation.app import create_app, reevaluate_now
+from services.segmentation.app import create_app
+from services.segmentation.jobs import reevaluate_now
 from services.segmentation.logic import builtin_segments
 from services.segmentation.settings import SegmentationSettings
 from shared.clock import FixedClock

@@ -183,6 +183,9 @@ class TestExplain:
 DEEP: dict[str, Any] = EMAIL
 for _ in range(21):
     DEEP = {"not": DEEP}
+NESTED_33: Any = 1
+for _ in range(33):
+    NESTED_33 = {"a": NESTED_33}
 
 
 class TestParseErrors:
@@ -220,6 +223,11 @@ class TestParseErrors:
         ({"event": "Signed Up", "within_days": 366}, "rule.within_days"),                    # above the max
         ({"event": "Signed Up", "within_days": 30, "value": -1}, "rule.value"),
         ({"event": "Signed Up", "within_days": 30, "value": 1.5}, "rule.value"),
+        ({"event": "Signed Up", "within_days": 30, "value": 2**53}, "rule.value"),
+        ({"field": "traits.a", "op": "eq", "value": 2**53}, "rule.value"),                    # past exact integers
+        ({"field": "traits.a", "op": "lt", "value": -1e16}, "rule.value"),
+        ({"field": "traits.a", "op": "eq", "value": {"b": [[{"c": 10**30}]]}}, "rule.value"),
+        ({"field": "traits.a", "op": "eq", "value": NESTED_33}, "rule.value"),                # nested too deep
         ({"event": "Signed Up", "within_days": 30, "op": "gt"}, "rule.op"),
         ({"event": "A", "within_days": 1, "where": {"event": "B", "within_days": 1}}, "rule.where"),
         ({"event": "A", "within_days": 1, "where": {"field": "plan", "op": "like", "value": 1}}, "rule.where.op"),
@@ -236,6 +244,12 @@ class TestParseErrors:
 
     def test_limits_are_inclusive(self) -> None:
         parse({"event": "Signed Up", "within_days": 365}, max_within_days=365)
+        parse({"field": "traits.a", "op": "in", "value": [2**53 - 1, -(2**53 - 1), 1e15]})  # I-JSON's exact integers
+        parse({"event": "Signed Up", "within_days": 1, "value": 2**53 - 1}, max_within_days=365)
+        value: Any = 1
+        for _ in range(32):
+            value = {"a": value}
+        parse({"field": "traits.a", "op": "eq", "value": value})
         parse(DEEP["not"])
         parse({"any": [PRO] * 99})
 

@@ -37,7 +37,8 @@ class TestLifecycleOverTime:
         assert profile["rfm"]["recency_days"] == 181.0
 
         assert changes(await seg.history("lifecycle:new", "ann")) == [("entered", at(0)), ("exited", at(91))]
-        assert changes(await seg.history("lifecycle:at_risk", "ann")) == [("entered", at(91)), ("exited", at(181))]
+        got = changes(await seg.history("lifecycle:at_risk", "ann"))
+        assert got == [("entered", at(91)), ("exited", at(181))], got
         assert changes(await seg.history("lifecycle:churned", "ann")) == [("entered", at(181))]
         exit_reason = (await seg.history("lifecycle:new", "ann"))[-1]["reason"]
         assert exit_reason == "1 order(s), last order 0.0 days ago"  # the reason it had been a member

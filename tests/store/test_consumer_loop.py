@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,6 +17,7 @@ from shared.events import ID_HEADER, INTERACTIONS, SEGMENTS, TYPE_HEADER, decode
 from shared.outage import Outage
 from shared.outbox import OutboxRelay
 from shared.store import Store
+from tests.helpers import eventually
 from tests.store.counting import (
     InteractionCounter,
     LoopFactory,
@@ -77,20 +77,11 @@ async def running(loop: ConsumerLoop) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        await asyncio.sleep(0.02)
-
-
 async def caught_up(bus: EmbeddedBus, loop: ConsumerLoop) -> None:
     async def no_lag() -> bool:
         return all(lag == 0 for lag in (await bus.lag(loop.group, loop.topics)).values())
 
-    await eventually(no_lag, f"group {loop.group} catching up")
+    await eventually(no_lag, what=f"group {loop.group} catching up")
 
 
 class TestEffectsApplyOnce:
@@ -236,7 +227,7 @@ class TestOutgoingEvents:
         loop = make_loop(InteractionCounter())
         async with running(loop):
             await caught_up(bus, loop)
-            await eventually(lambda: _outbox_empty(store), "the outbox emptying")
+            await eventually(lambda: _outbox_empty(store), what="the outbox emptying")
         assert await announced(bus) == ["ann", "bob"]
         assert await counts(store) == {"ann": 3, "bob": 3}
 

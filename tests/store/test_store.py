@@ -26,7 +26,7 @@ from tests.store.counting import (
     write_announcement,
 )
 
-SERVICES = ["ingest", "segmentation", "funnel", "followup"]
+SERVICES = ["ingest", "segmentation", "funnel", "followup", "recommendation"]
 
 
 def migrations_of(service: str) -> Path:

@@ -1,6 +1,8 @@
-"""The README's settings table, from the settings classes.
+"""The README's settings table, from the settings classes of every service.
 
-`python -m shared.settings_table` prints it; `--update README.md` rewrites it in place.
+`python -m services.settings_table` prints it; `--update README.md` rewrites it in place. It
+lives beside the services, not in shared/, because it imports all of them (shared/ imports no
+service).
 
 A test checks the README lists every variable, so the table cannot drift from the code.
 """
@@ -11,17 +13,16 @@ from collections.abc import Iterator
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, env_variable
 
 
 def env_vars(cls: type[BaseSettings], own_only: bool = True) -> Iterator[tuple[str, object, str]]:
     """(variable, default, description) for each field; common fields only on CommonSettings."""
-    prefix = cls.model_config.get("env_prefix", "")
     for name, field in cls.model_fields.items():
         alias = field.validation_alias
         if own_only and cls is not CommonSettings and isinstance(alias, AliasChoices):
             continue  # a common field, listed once under CommonSettings
-        variable = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
+        variable = env_variable(cls, name)
         default = field.default if field.default is not None else ""
         yield variable, default, field.description or ""
 
@@ -31,6 +32,7 @@ def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
     from services.funnel.settings import FunnelSettings
     from services.gateway.settings import GatewaySettings
     from services.ingest.settings import IngestSettings
+    from services.recommendation.settings import RecommendationSettings
     from services.segmentation.settings import SegmentationSettings
 
     return [
@@ -40,6 +42,7 @@ def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
         ("segmentation", SegmentationSettings),
         ("funnel", FunnelSettings),
         ("followup", FollowupSettings),
+        ("recommendation", RecommendationSettings),
     ]
 
 
@@ -56,7 +59,8 @@ START, END = "<!-- settings-table -->", "<!-- /settings-table -->"
 
 
 def update(path: str) -> None:
-    text = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
     before, _, rest = text.partition(START)
     _, _, after = rest.partition(END)
     with open(path, "w", encoding="utf-8") as f:

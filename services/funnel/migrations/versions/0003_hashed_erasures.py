@@ -1,0 +1,19 @@
+"""funnel: erasure tombstones keep a keyed hash (HMAC-SHA256 with ERASURE_KEY) instead of the id.
+
+Revision ID: funnel_0003
+Revises: funnel_0002
+"""
+from alembic import op
+
+from shared.identity import hash_erasure_tombstones, unhash_erasure_tombstones
+
+revision = "funnel_0003"
+down_revision = "funnel_0002"
+
+
+def upgrade() -> None:
+    hash_erasure_tombstones(op)
+
+
+def downgrade() -> None:
+    unhash_erasure_tombstones(op)
