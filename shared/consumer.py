@@ -213,6 +213,7 @@ class ConsumerLoop:
             tx = Transaction(session, self.now())
             if self.prepare is not None:
                 await self.prepare(tx)  # first, before any row is locked (the service's own locks)
+                tx.now = self.now()  # a batch that waited for a job works at a time after it
             done = await self._already_processed(session, [mid for mid, _ in events])
             fresh: list[str] = []
             decoded: list[Event] = []

@@ -3,9 +3,15 @@ leave the 365-day frequency window, and the membership history and segment sizes
 The scheduled pass (`reevaluate_now`) runs after the test moves the clock. SQLite and PostgreSQL."""
 from __future__ import annotations
 
-import pytest
+import asyncio
+from datetime import datetime
 
-from tests.segmentation.support import Segmentation, at, order
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation.jobs import REEVALUATE_JOB, reevaluate
+from shared.outbox import Outbox
+from tests.segmentation.support import BASIC, Segmentation, at, order, page
 
 
 @pytest.fixture
@@ -97,3 +103,38 @@ class TestFrequencyOverTime:
         assert changes(await seg.history("frequency:high", "ann")) == [("entered", at(0)), ("exited", at(326))]
         assert changes(await seg.history("frequency:medium", "ann"))[-2:] == [("entered", at(326)), ("exited", at(356))]
         assert changes(await seg.history("frequency:low", "ann"))[-2:] == [("entered", at(356)), ("exited", at(366))]
+
+
+class TestPassAndBatchesTakeTurns:
+    async def test_a_batch_waits_for_a_running_pass_and_then_works_at_the_later_time(self, seg: Segmentation) -> None:
+        """Seen in CI: a consumed batch that read the clock before a pass and committed after it put
+        bob back from at_risk to new. Here a pass is held open while bob's page view arrives; the
+        clock moves 90 days; then the pass moves bob on. PostgreSQL only (SQLite runs one write
+        transaction at a time: they take turns already)."""
+        if seg.runtime.store.is_sqlite:
+            pytest.skip("SQLite runs one write transaction at a time")
+        await seg.send(order("o-b", "bob", days=-90, revenue=10))
+        await seg.reevaluate()
+        gate, started = asyncio.Event(), asyncio.Event()
+        t = seg.app.state.settings.thresholds()
+
+        async def held_pass(session: AsyncSession, outbox: Outbox, _: datetime) -> int:
+            started.set()
+            await gate.wait()
+            return await reevaluate(session, seg.clock.now(), t, outbox, 0)
+
+        pass_task = asyncio.create_task(seg.runtime.job(REEVALUATE_JOB, held_pass))
+        await started.wait()
+        response = await seg.client.post("/v1/batch", json={"batch": [page("p-1", "bob", days=0)]}, headers=BASIC)
+        assert response.status_code == 200
+        await seg.ingest_app.state.pipeline.drain(seg.ingest_app.state.runtime)
+        await asyncio.sleep(1.5)  # time enough for the consumer to apply it, were it not waiting
+        assert (await seg.profile("bob"))["event_count"] == 1  # the page view waits for the pass
+        seg.clock.advance(days=90)
+        gate.set()
+        assert await pass_task == 2  # bob: out of new, into at_risk
+        await seg.settle()
+        assert (await seg.profile("bob"))["event_count"] == 2
+        # The batch began at day 0 but worked at day 90, after the pass: no step back to new.
+        assert changes(await seg.history("lifecycle:new", "bob")) == [("entered", at(0)), ("exited", at(90))]
+        assert changes(await seg.history("lifecycle:at_risk", "bob")) == [("entered", at(90))]
