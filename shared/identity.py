@@ -164,7 +164,7 @@ async def not_erased(session: AsyncSession, erasures: Table, events: list[Intera
 
 async def erasure_times(session: AsyncSession, erasures: Table, ids: Iterable[str | None]) -> dict[str, datetime]:
     """id -> when it was erased, for the ids that were (tombstones are looked up by hash)."""
-    hashes = {i: id_hash(i) for i in ids if i}
+    hashes = {i: id_hash(i) for i in set(ids) if i}  # each id once: a batch names its customers many times
     by_hash: dict[str, datetime] = {}
     for chunk in chunks(sorted(set(hashes.values()))):
         rows = await session.execute(select(erasures.c.id_hash, erasures.c.at).where(erasures.c.id_hash.in_(chunk)))

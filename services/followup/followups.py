@@ -202,13 +202,15 @@ def _publish_row(row: Any, change: str, at: datetime, outbox: Outbox, grace: tim
 async def close(session: AsyncSession, where: Any, status: str, now: datetime, outbox: Outbox, grace: timedelta,
                 reason: str | None = None, **values: Any) -> list[str]:
     """Open follow-ups matching `where` become done or cancelled (final). Returns their ids."""
-    ids = list((await session.execute(select(followups.c.id).where(where, followups.c.status.in_(OPEN)))).scalars())
+    rows = (await session.execute(select(followups).where(where, followups.c.status.in_(OPEN)))).all()
+    ids = [row.id for row in rows]
     if ids:
-        extra = {"reason": reason} if reason is not None else {}
-        await session.execute(update(followups).where(followups.c.id.in_(ids)).values(
-            status=status, completed_at=now, open_slot=None, **extra, **values))
-        for followup_id in ids:
-            await publish(session, followup_id, "completed" if status == "done" else "cancelled", now, outbox, grace)
+        changes = {"status": status, "completed_at": now, "open_slot": None,
+                   **({"reason": reason} if reason is not None else {}), **values}
+        await session.execute(update(followups).where(followups.c.id.in_(ids)).values(changes))
+        for row in rows:  # as updated (no read back: one statement less per follow-up closed)
+            _publish_row(SimpleNamespace(**(row._asdict() | changes)), "completed" if status == "done" else "cancelled",
+                         now, outbox, grace)
     return ids
 
 
