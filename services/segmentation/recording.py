@@ -1,5 +1,6 @@
 """Recording a batch of interactions into profiles, orders and the behaviour store, in a few bulk
-statements per batch (not per event); and each customer's latest stage per funnel.
+statements per batch (not per event); each customer's latest stage per funnel; and a customers.v1
+link, which folds the merged id's profile into the customer's.
 
 Order-safe: first/last seen are min/max, a trait keeps the value of its latest identify, the
 first-touch channel is the channel of the earliest event, and order figures are recomputed from
@@ -12,15 +13,26 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.feedback import record_answers
-from services.segmentation.store import customer_events, erasures, funnel_stages, links, orders, profiles
-from shared.events import Interaction
-from shared.identity import canonical_ids, chunks, later_move, merge_traits, not_erased
+from services.segmentation.evaluation import Wanted, apply
+from services.segmentation.feedback import record_answers, refresh_feedback
+from services.segmentation.store import (
+    customer_events,
+    erasures,
+    funnel_stages,
+    links,
+    orders,
+    profile,
+    profiles,
+    survey_answers,
+)
+from shared.events import FunnelStageChanged, Interaction
+from shared.identity import canonical_ids, chunks, erasure_times, later_move, merge_traits, not_erased, relink
 from shared.keyed_rows import read_keyed, write_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
+from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
 
 ORDER_EVENT = "Order Completed"
@@ -95,13 +107,11 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
     new, changed = [], []
     for customer, events in by_customer.items():
         row = held.get(customer)
-        p = ({"traits": orjson.loads(row.traits), "traits_at": orjson.loads(row.traits_at), "first_seen": row.first_seen,
-              "last_seen": row.last_seen, "event_count": row.event_count, "channel": row.channel,
-              "channel_at": row.channel_at} if row else None)
+        p = _loaded(row) if row else None
         for e in events:
             p = _fold(p, e)
         assert p is not None
-        values = {**p, "traits": orjson.dumps(p["traits"]), "traits_at": orjson.dumps(p["traits_at"])}
+        values = _stored(p)
         if row is None:
             new.append({"customer_id": customer, **values, "order_count": 0, "revenue": 0.0})
         else:
@@ -114,18 +124,34 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
                               .values({c: bindparam(f"b_{c}") for c in columns}), changed)
 
 
+def _loaded(row: Row[Any]) -> dict[str, Any]:
+    """The part of a profile row that events fold into, traits decoded."""
+    return {"traits": orjson.loads(row.traits), "traits_at": orjson.loads(row.traits_at), "first_seen": row.first_seen,
+            "last_seen": row.last_seen, "event_count": row.event_count, "channel": row.channel,
+            "channel_at": row.channel_at}
+
+
+def _stored(p: dict[str, Any]) -> dict[str, Any]:
+    return {**p, "traits": orjson.dumps(p["traits"]), "traits_at": orjson.dumps(p["traits_at"])}
+
+
 def _fold(p: dict[str, Any] | None, e: Interaction) -> dict[str, Any]:
     """The profile after one more event, whatever the order the events come in."""
     at = e.occurred_at
-    traits_at = {name: at.isoformat() for name in e.traits}
-    if p is None:
-        return {"traits": dict(e.traits), "traits_at": traits_at, "first_seen": at, "last_seen": at, "event_count": 1,
-                "channel": e.channel, "channel_at": at}
-    traits, merged_at = merge_traits((p["traits"], p["traits_at"]), (e.traits, traits_at))
-    first_touch = p["channel_at"] is None or at < p["channel_at"]
-    return {"traits": traits, "traits_at": merged_at, "first_seen": min(p["first_seen"], at),
-            "last_seen": max(p["last_seen"], at), "event_count": p["event_count"] + 1,
-            "channel": e.channel if first_touch else p["channel"], "channel_at": at if first_touch else p["channel_at"]}
+    one = {"traits": dict(e.traits), "traits_at": {name: at.isoformat() for name in e.traits}, "first_seen": at,
+           "last_seen": at, "event_count": 1, "channel": e.channel, "channel_at": at}
+    return one if p is None else _combined(p, one)
+
+
+def _combined(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Two profiles of one customer as one, in either order: per trait the value set latest, the
+    earliest first and latest last seen, both event counts, and the channel of the first touch."""
+    traits, traits_at = merge_traits((mine["traits"], mine["traits_at"]), (theirs["traits"], theirs["traits_at"]))
+    older_touch = theirs["channel_at"] is not None and (mine["channel_at"] is None or theirs["channel_at"] < mine["channel_at"])
+    return {"traits": traits, "traits_at": traits_at, "first_seen": min(mine["first_seen"], theirs["first_seen"]),
+            "last_seen": max(mine["last_seen"], theirs["last_seen"]), "event_count": mine["event_count"] + theirs["event_count"],
+            "channel": theirs["channel"] if older_touch else mine["channel"],
+            "channel_at": theirs["channel_at"] if older_touch else mine["channel_at"]}
 
 
 async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
@@ -169,3 +195,43 @@ async def keep_later_stages(session: AsyncSession, moves: list[StageMove]) -> se
         held[key] = written[key] = move._asdict()
     await write_keyed(session, funnel_stages, "funnel", written, inserted)
     return {customer for customer, _ in written}
+
+
+async def record_stage_moves(session: AsyncSession, events: list[FunnelStageChanged]) -> set[str]:
+    """Each move, in order, replaces the held stage of its (canonical customer, funnel) if it is
+    the later one; moves about a customer erased after them are dropped. Returns who moved."""
+    erased = await erasure_times(session, erasures, (e.customer_id for e in events))
+    events = [e for e in events if not (e.customer_id in erased and e.at <= erased[e.customer_id])]
+    canonical = await canonical_ids(session, links, (e.customer_id for e in events))
+    return await keep_later_stages(session, [
+        StageMove(canonical.get(e.customer_id, e.customer_id), e.funnel, e.to_stage, e.at, e.order) for e in events])
+
+
+async def merge_customer(session: AsyncSession, merged_id: str, customer: str, now: datetime, outbox: Outbox) -> None:
+    """A customers.v1 link: `merged_id` names `customer` from now on; its profile, orders,
+    behaviour events, answers and stages move to `customer`, and its memberships end."""
+    await relink(session, links, merged_id, customer)
+    old = await profile(session, merged_id)
+    if old is None:
+        return
+    for table in (orders, customer_events, survey_answers):
+        await session.execute(update(table).where(table.c.customer_id == merged_id).values(customer_id=customer))
+    await _merge_funnel_stages(session, merged_id, customer)
+    await apply(session, [Wanted(merged_id, {})], None, now, outbox)
+    await session.execute(delete(profiles).where(profiles.c.customer_id == merged_id))
+    into = await profile(session, customer)
+    if into is None:
+        await session.execute(insert(profiles).values({**old._mapping, "customer_id": customer}))
+    else:
+        await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
+            _stored(_combined(_loaded(into), _loaded(old)))))
+    await refresh_orders(session, [customer])
+    await refresh_feedback(session, [customer])
+
+
+async def _merge_funnel_stages(session: AsyncSession, merged_id: str, customer: str) -> None:
+    """Per funnel, the later of the two stages stays on `customer`, decided as for a move on
+    funnel.v1 (by the recorded order, not only by time)."""
+    theirs = (await session.execute(select(funnel_stages).where(funnel_stages.c.customer_id == merged_id))).all()
+    await session.execute(delete(funnel_stages).where(funnel_stages.c.customer_id == merged_id))
+    await keep_later_stages(session, [StageMove(customer, r.funnel, r.stage, r.at, r.seq) for r in theirs])

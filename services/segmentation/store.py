@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, R
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.customer_locks import add_customer_locks
-from shared.identity import add_identity_tables
+from shared.identity import add_identity_tables, canonical_ids
 from shared.store import BigId, UTCDateTime, add_bus_tables, insert_ignoring_conflicts, make_metadata
 
 metadata = make_metadata()
@@ -157,6 +157,14 @@ fact_generation = Table(
     Column("id", Integer, primary_key=True),
     Column("generation", BigInteger, nullable=False),
 )
+
+# Every table that holds rows about a customer: an erasure deletes theirs from each.
+customer_tables = (profiles, orders, memberships, history, customer_events, funnel_stages, survey_answers)
+
+
+async def canonical(session: AsyncSession, customer_id: str) -> str:
+    """The customer an id was merged into (customers.v1), or the id itself."""
+    return (await canonical_ids(session, links, [customer_id])).get(customer_id, customer_id)
 
 
 async def profile(session: AsyncSession, customer_id: str) -> Row[Any] | None:
