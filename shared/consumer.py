@@ -50,8 +50,9 @@ RACE_RETRIES = 3  # runs of a batch that lost a unique key race, before it is re
 
 @dataclass
 class Transaction:
-    """What a handler gets: the open store session, `publish` for events to send after commit,
-    and `now`, the service clock when the transaction began (tests move that clock).
+    """The one unit of work of handlers, API routes (`Runtime.changing`) and jobs (`Runtime.job`):
+    the open store session, `publish` for events to send after commit, and `now`, the service
+    clock when the transaction began (tests move that clock).
 
     `defer` lets handlers do their work once per batch instead of once per event (a few bulk
     statements for 500 events rather than 500 round trips): the work runs after the last

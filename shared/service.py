@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -19,7 +18,6 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import resolve_credentials
 from shared.bus import Bus, create_bus
@@ -29,7 +27,7 @@ from shared.customer_locks import CustomerLocks
 from shared.errors import install_error_handlers
 from shared.identity import resolve_erasure_key, use_erasure_key
 from shared.observability import RequestContextMiddleware
-from shared.outbox import Outbox, OutboxRelay, write_outbox
+from shared.outbox import OutboxRelay, write_outbox
 from shared.periodic import run_once_per_interval
 from shared.settings import ServiceSettings
 from shared.store import BusTables, Store, hold_lock, run_through_conflicts
@@ -87,25 +85,28 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @contextlib.asynccontextmanager
-    async def changing(self) -> AsyncIterator[tuple[AsyncSession, Outbox]]:
-        """A write transaction outside the consumer (an API call, a scheduled job): events put in
-        the outbox are written with it and relayed once it commits."""
-        outbox = Outbox()
+    async def changing(self) -> AsyncIterator[Transaction]:
+        """A write transaction outside the consumer (an API call, a scheduled job), the same unit
+        of work a handler gets: `now` is the service clock once it has begun; deferred work runs
+        and published events are written to the outbox before it commits, and relayed after."""
         async with self.store.transaction() as session:
-            yield session, outbox
-            await write_outbox(session, self.tables, outbox)
+            tx = Transaction(session, self.clock.now())
+            yield tx
+            await tx.run_deferred()
+            await write_outbox(session, self.tables, tx.outbox)
         self.relay.wake()
 
-    async def job(self, name: str, work: Callable[[AsyncSession, Outbox, datetime], Awaitable[T]]) -> T:
-        """A job's one transaction (`changing`), given the time to work at. Runs of one job take
+    async def job(self, name: str, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """A job's one transaction (`changing`), its `now` the time to work at. Runs of one job take
         turns (the scheduled one and one on demand, or two replicas' at an interval's edge: both
         would see the same rows to move) and each reads the clock once its turn has come (a run
         that waited must not undo the later time of the one it waited for). One the database
         aborted as a deadlock victim (it met a consumed batch on the same rows) runs again."""
         async def once() -> T:
-            async with self.changing() as (session, outbox):
-                await hold_lock(session, name)
-                return await work(session, outbox, self.clock.now())
+            async with self.changing() as tx:
+                await hold_lock(tx.session, name)
+                tx.now = self.clock.now()
+                return await work(tx)
         return await run_through_conflicts(name, once)
 
     def start_tasks(self, parts: ServiceParts) -> None:

@@ -73,11 +73,11 @@ async def get_policy(request: Request, key: str, _: ReaderDep) -> dict[str, Any]
 async def create_policy(request: Request, body: PolicyBody, _: AdminDep) -> dict[str, Any]:
     policy = _parse(body)
     runtime = _runtime(request)
-    async with runtime.changing() as (session, _outbox):
-        if policy.key in await current_policies(session):
+    async with runtime.changing() as tx:
+        if policy.key in await current_policies(tx.session):
             raise ApiError(409, f"A policy {policy.key!r} already exists; PUT /api/followups/policies/{policy.key} changes it.")
-        await followups.write_version(session, policy.key, policy.to_json(), runtime.clock.now())
-        return _policy_json(policy.key, (await current_policies(session)).get(policy.key))
+        await followups.write_version(tx.session, policy.key, policy.to_json(), tx.now)
+        return _policy_json(policy.key, (await current_policies(tx.session)).get(policy.key))
 
 
 @router.put("/api/followups/policies/{key}")
@@ -92,18 +92,18 @@ async def update_policy(request: Request, key: str, body: PolicyBody, _: AdminDe
         raise ApiError(422, f"The body's key {body['key']!r} differs from the path's {key!r}.", details=[{"loc": "key"}])
     policy = _parse(body, key)
     runtime = _runtime(request)
-    now, grace = runtime.clock.now(), _grace(request)
-    async with runtime.changing() as (session, outbox):
-        old = (await current_policies(session)).get(key)
+    grace = _grace(request)
+    async with runtime.changing() as tx:
+        old = (await current_policies(tx.session)).get(key)
         if old is None:
             raise ApiError(404, f"No policy {key!r}. POST /api/followups/policies creates one.")
-        version = await followups.write_version(session, key, policy.to_json(), now)
+        version = await followups.write_version(tx.session, key, policy.to_json(), tx.now)
         if apply_to_open == "cancel":
-            await followups.cancel_open(session, key, f"policy {key} changed (version {version})", now, outbox, grace)
+            await followups.cancel_open(tx.session, key, f"policy {key} changed (version {version})", tx.now, tx.outbox, grace)
         elif apply_to_open == "reschedule":
             shift = timedelta(hours=policy.due_in_hours - old.policy.due_in_hours)
-            await followups.reschedule_open(session, key, policy, shift, version, now, outbox, grace)
-        return _policy_json(key, (await current_policies(session)).get(key))
+            await followups.reschedule_open(tx.session, key, policy, shift, version, tx.now, tx.outbox, grace)
+        return _policy_json(key, (await current_policies(tx.session)).get(key))
 
 
 @router.delete("/api/followups/policies/{key}", status_code=204)
@@ -112,13 +112,12 @@ async def delete_policy(request: Request, key: str, _: AdminDep) -> Response:
     if key in DEFAULT_POLICIES:
         raise ApiError(409, f"{key!r} is a default policy: always present, PUT changes it.")
     runtime = _runtime(request)
-    now = runtime.clock.now()
-    async with runtime.changing() as (session, outbox):
-        old = (await current_policies(session)).get(key)
+    async with runtime.changing() as tx:
+        old = (await current_policies(tx.session)).get(key)
         if old is None:
             raise ApiError(404, f"No policy {key!r}.")
-        await followups.write_version(session, key, old.policy.to_json(), now, deleted=True)
-        await followups.cancel_open(session, key, f"policy {key} deleted", now, outbox, _grace(request))
+        await followups.write_version(tx.session, key, old.policy.to_json(), tx.now, deleted=True)
+        await followups.cancel_open(tx.session, key, f"policy {key} deleted", tx.now, tx.outbox, _grace(request))
     return Response(status_code=204)
 
 
@@ -165,12 +164,11 @@ async def list_followups(
 async def create_followup(request: Request, body: ManualFollowup, _: AdminDep) -> dict[str, Any]:
     """A follow-up made by hand (no policy: any number may be open)."""
     runtime = _runtime(request)
-    now = runtime.clock.now()
     values = body.model_dump()
     values["due_at"] = utc(body.due_at, "due_at")
-    async with runtime.changing() as (session, outbox):
-        followup_id = await followups.create_manual(session, values, now, outbox, _grace(request))
-        return _followup_json(followup_id, await followups.find(session, followup_id), request)
+    async with runtime.changing() as tx:
+        followup_id = await followups.create_manual(tx.session, values, tx.now, tx.outbox, _grace(request))
+        return _followup_json(followup_id, await followups.find(tx.session, followup_id), request)
 
 
 def _followup_json(followup_id: str, row: Any, request: Request) -> dict[str, Any]:
@@ -197,14 +195,14 @@ async def complete_followup(request: Request, followup_id: str, body: Complete, 
     """Done, with the outcome; a recurring policy schedules the next one (at `next_due_at`, else
     its cadence from now) while the customer still qualifies. The answer carries `next`."""
     runtime = _runtime(request)
-    now, grace = runtime.clock.now(), _grace(request)
+    grace = _grace(request)
     next_due = utc(body.next_due_at, "next_due_at")
-    async with runtime.changing() as (session, outbox):
-        _must_be_open(followup_id, await followups.find(session, followup_id))
-        await followups.complete(session, followup_id, body.outcome, body.note, now, outbox, grace)
-        following = await followups.next_of(session, followup_id, now, now, outbox, grace, next_due)
-        answer = _followup_json(followup_id, await followups.find(session, followup_id), request)
-        answer["next"] = _followup_json(following, await followups.find(session, following), request) if following else None
+    async with runtime.changing() as tx:
+        _must_be_open(followup_id, await followups.find(tx.session, followup_id))
+        await followups.complete(tx.session, followup_id, body.outcome, body.note, tx.now, tx.outbox, grace)
+        following = await followups.next_of(tx.session, followup_id, tx.now, tx.now, tx.outbox, grace, next_due)
+        answer = _followup_json(followup_id, await followups.find(tx.session, followup_id), request)
+        answer["next"] = _followup_json(following, await followups.find(tx.session, following), request) if following else None
         return answer
 
 
@@ -213,25 +211,25 @@ async def snooze_followup(request: Request, followup_id: str, body: Snooze, _: A
     """Due again at `until` (pending until then)."""
     runtime = _runtime(request)
     until = utc(body.until, "until")
-    async with runtime.changing() as (session, outbox):
-        _must_be_open(followup_id, await followups.find(session, followup_id))
-        await followups.snooze(session, followup_id, until, runtime.clock.now(), outbox, _grace(request))
-        return _followup_json(followup_id, await followups.find(session, followup_id), request)
+    async with runtime.changing() as tx:
+        _must_be_open(followup_id, await followups.find(tx.session, followup_id))
+        await followups.snooze(tx.session, followup_id, until, tx.now, tx.outbox, _grace(request))
+        return _followup_json(followup_id, await followups.find(tx.session, followup_id), request)
 
 
 @router.post("/api/followups/{followup_id}/cancel")
 async def cancel_followup(request: Request, followup_id: str, body: Cancel, _: AdminDep) -> dict[str, Any]:
     runtime = _runtime(request)
-    async with runtime.changing() as (session, outbox):
-        _must_be_open(followup_id, await followups.find(session, followup_id))
-        await followups.cancel(session, followup_id, body.reason, runtime.clock.now(), outbox, _grace(request))
-        return _followup_json(followup_id, await followups.find(session, followup_id), request)
+    async with runtime.changing() as tx:
+        _must_be_open(followup_id, await followups.find(tx.session, followup_id))
+        await followups.cancel(tx.session, followup_id, body.reason, tx.now, tx.outbox, _grace(request))
+        return _followup_json(followup_id, await followups.find(tx.session, followup_id), request)
 
 
 @router.post("/api/followups/{followup_id}/assign")
 async def assign_followup(request: Request, followup_id: str, body: Assign, _: AdminDep) -> dict[str, Any]:
     runtime = _runtime(request)
-    async with runtime.changing() as (session, outbox):
-        _must_be_open(followup_id, await followups.find(session, followup_id))
-        await followups.assign(session, followup_id, body.assignee, runtime.clock.now(), outbox, _grace(request))
-        return _followup_json(followup_id, await followups.find(session, followup_id), request)
+    async with runtime.changing() as tx:
+        _must_be_open(followup_id, await followups.find(tx.session, followup_id))
+        await followups.assign(tx.session, followup_id, body.assignee, tx.now, tx.outbox, _grace(request))
+        return _followup_json(followup_id, await followups.find(tx.session, followup_id), request)

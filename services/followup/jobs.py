@@ -14,8 +14,8 @@ from shared.service import Runtime
 
 async def run_scheduler(runtime: Runtime, settings: FollowupSettings) -> int:
     """One scheduler pass now (by the service clock); returns how many follow-ups moved or were made."""
-    return await runtime.job("scheduler", lambda session, outbox, now: sweep(
-        session, now, timedelta(hours=settings.grace_hours), settings.urls(), outbox))
+    return await runtime.job("scheduler", lambda tx: sweep(
+        tx.session, tx.now, timedelta(hours=settings.grace_hours), settings.urls(), tx.outbox))
 
 
 async def send_webhooks(runtime: Runtime, settings: FollowupSettings, client: httpx.AsyncClient) -> int:

@@ -163,14 +163,13 @@ async def list_funnels(request: Request, _: ReaderDep, limit: Limit = 50, cursor
 async def create_funnel(request: Request, body: FunnelBody, _: AdminDep) -> dict[str, Any]:
     """A funnel, built at once from the retained events (so the answer already counts customers)."""
     funnel = _parse(body)
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        await lock_funnels(session, changing_definitions=True)  # no event in flight is missed
-        if await definitions(session, [funnel.key]):
+    async with _runtime(request).changing() as tx:
+        await lock_funnels(tx.session, changing_definitions=True)  # no event in flight is missed
+        if await definitions(tx.session, [funnel.key]):
             raise ApiError(409, f"A funnel {funnel.key!r} already exists; PUT /api/funnels/{funnel.key} changes it.")
-        await add_definition(session, funnel, now)
-        await rebuild(session, funnel, now, outbox)
-        return await _summary(session, funnel)
+        await add_definition(tx.session, funnel, tx.now)
+        await rebuild(tx.session, funnel, tx.now, tx.outbox)
+        return await _summary(tx.session, funnel)
 
 
 @router.get("/api/funnels/{key}", response_model=FunnelSummary)
@@ -186,13 +185,12 @@ async def update_funnel(request: Request, key: str, body: FunnelBody, _: AdminDe
     if body.get("key", key) != key:
         raise ApiError(422, f"The body's key {body['key']!r} differs from the path's {key!r}.", details=[{"loc": "key"}])
     funnel = _parse(body, key)
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        await lock_funnels(session, changing_definitions=True)  # no event in flight is missed
-        await _funnel(session, key)
-        await save_definition(session, funnel, now)
-        await rebuild(session, funnel, now, outbox)
-        return await _summary(session, funnel)
+    async with _runtime(request).changing() as tx:
+        await lock_funnels(tx.session, changing_definitions=True)  # no event in flight is missed
+        await _funnel(tx.session, key)
+        await save_definition(tx.session, funnel, tx.now)
+        await rebuild(tx.session, funnel, tx.now, tx.outbox)
+        return await _summary(tx.session, funnel)
 
 
 @router.delete("/api/funnels/{key}", status_code=204)
@@ -201,10 +199,9 @@ async def delete_funnel(request: Request, key: str, _: AdminDep) -> Response:
     transition to no stage, so consumers of funnel.v1 forget it too."""
     if key in BUILT_IN_KEYS:
         raise ApiError(409, f"The built-in funnel {key!r} is always present; PUT changes it.")
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        await lock_funnels(session, changing_definitions=True)  # no batch in flight matches it after
-        await remove_funnel(session, await _funnel(session, key), now, outbox)
+    async with _runtime(request).changing() as tx:
+        await lock_funnels(tx.session, changing_definitions=True)  # no batch in flight matches it after
+        await remove_funnel(tx.session, await _funnel(tx.session, key), tx.now, tx.outbox)
     return Response(status_code=204)
 
 
@@ -471,14 +468,13 @@ async def funnel_transitions(
 async def create_alert(request: Request, body: AlertBody, _: AdminDep) -> dict[str, Any]:
     """An alert on a stage's conversion from the previous one: checked at the end of each interval
     against the mean of the 4 before it, firing once when it fell by more than `drop_pct` percent."""
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, _outbox):
-        found = await definitions(session, [body["funnel"]]) if isinstance(body.get("funnel"), str) else []
+    async with _runtime(request).changing() as tx:
+        found = await definitions(tx.session, [body["funnel"]]) if isinstance(body.get("funnel"), str) else []
         with rule_errors_as_422("alert"):
             alert = parse_alert(body, found[0] if found else None)
-        if await alert_exists(session, alert["key"]):
+        if await alert_exists(tx.session, alert["key"]):
             raise ApiError(409, f"An alert {alert['key']!r} already exists; DELETE it first to change it.")
-        await add_alert(session, alert, now)
+        await add_alert(tx.session, alert, tx.now)
     return alert
 
 
@@ -503,8 +499,8 @@ async def get_alert(request: Request, key: str, _: ReaderDep) -> dict[str, Any]:
 @router.delete("/api/alerts/{key}", status_code=204)
 async def delete_alert(request: Request, key: str, _: AdminDep) -> Response:
     """The alert and its firings go; webhooks already queued are still sent."""
-    async with _runtime(request).changing() as (session, _outbox):
-        if not await remove_alert(session, key):
+    async with _runtime(request).changing() as tx:
+        if not await remove_alert(tx.session, key):
             raise ApiError(404, f"No alert {key!r}. GET /api/alerts lists them.")
     return Response(status_code=204)
 

@@ -17,7 +17,7 @@ WEBHOOK_MAX_ATTEMPTS = 10
 
 async def run_alerts(runtime: Runtime, settings: FunnelSettings) -> int:
     """One alert check now (by the service clock); returns how many fired."""
-    fired = await runtime.job("alerts", lambda session, outbox, now: evaluate(session, now, outbox, settings.alert_urls()))
+    fired = await runtime.job("alerts", lambda tx: evaluate(tx.session, tx.now, tx.outbox, settings.alert_urls()))
     return len(fired)
 
 

@@ -151,14 +151,13 @@ async def create_segment(request: Request, body: SegmentIn, _: AdminDep) -> Segm
         raise ApiError(422, f"Bad key {body.key!r}: 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                             "or digit (no ':', which built-in keys use).", details=[{"loc": "key"}])
     rule = _rule(request, body.rule)
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        if await definition(session, body.key):
+    async with _runtime(request).changing() as tx:
+        if await definition(tx.session, body.key):
             raise ApiError(409, f"A segment {body.key!r} already exists; PUT /api/segments/{body.key} changes it.")
-        new = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), now, now)
-        await add_definition(session, new)
-        await evaluate_custom(session, None, now, outbox, [new])
-        count = (await store.member_counts(session, [new.key])).get(new.key, 0)
+        new = Definition(body.key, body.name or body.key, body.description, rule, to_json(rule), tx.now, tx.now)
+        await add_definition(tx.session, new)
+        await evaluate_custom(tx.session, None, tx.now, tx.outbox, [new])
+        count = (await store.member_counts(tx.session, [new.key])).get(new.key, 0)
     return _summary(new, count, request)
 
 
@@ -178,25 +177,23 @@ async def update_segment(request: Request, key: str, body: SegmentUpdate, _: Adm
     """A new rule (and name, description): every customer is evaluated again; those who no longer
     match exit, with the conditions that failed as the reason."""
     rule = _rule(request, body.rule)
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        old = _custom(key, await definition(session, key))
+    async with _runtime(request).changing() as tx:
+        old = _custom(key, await definition(tx.session, key))
         new = Definition(key, body.name or old.name, old.description if body.description is None else body.description,
-                         rule, to_json(rule), old.created_at, now)
-        await replace_definition(session, new)
-        await evaluate_custom(session, None, now, outbox, [new])
-        count = (await store.member_counts(session, [key])).get(key, 0)
+                         rule, to_json(rule), old.created_at, tx.now)
+        await replace_definition(tx.session, new)
+        await evaluate_custom(tx.session, None, tx.now, tx.outbox, [new])
+        count = (await store.member_counts(tx.session, [key])).get(key, 0)
     return _summary(new, count, request)
 
 
 @router.delete("/api/segments/{key}", status_code=204)
 async def delete_segment(request: Request, key: str, _: AdminDep) -> Response:
     """Members exit (recorded and published, reason "segment deleted"); the definition goes."""
-    now = _runtime(request).clock.now()
-    async with _runtime(request).changing() as (session, outbox):
-        _custom(key, await definition(session, key))
-        await apply(session, [], (key,), now, outbox, everyone=True, exit_reason=lambda *_: "segment deleted")
-        await remove_definition(session, key)
+    async with _runtime(request).changing() as tx:
+        _custom(key, await definition(tx.session, key))
+        await apply(tx.session, [], (key,), tx.now, tx.outbox, everyone=True, exit_reason=lambda *_: "segment deleted")
+        await remove_definition(tx.session, key)
     return Response(status_code=204)
 
 

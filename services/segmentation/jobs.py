@@ -34,8 +34,8 @@ REEVALUATE_JOB = "reevaluate"
 
 async def reevaluate_now(runtime: Runtime, settings: SegmentationSettings) -> int:
     """The scheduled pass (time-based segments, value tiers, RFM); returns memberships changed."""
-    return await runtime.job(REEVALUATE_JOB, lambda session, outbox, now: reevaluate(
-        session, now, settings.thresholds(), outbox, settings.events_retention_days))
+    return await runtime.job(REEVALUATE_JOB, lambda tx: reevaluate(
+        tx.session, tx.now, settings.thresholds(), tx.outbox, settings.events_retention_days))
 
 
 async def reevaluate(session: AsyncSession, now: datetime, t: Thresholds, outbox: Outbox, retention_days: float) -> int:

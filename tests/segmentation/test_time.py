@@ -4,13 +4,11 @@ The scheduled pass (`reevaluate_now`) runs after the test moves the clock. SQLit
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.jobs import REEVALUATE_JOB, reevaluate
-from shared.outbox import Outbox
+from shared.consumer import Transaction
 from tests.segmentation.support import BASIC, Segmentation, at, order, page
 
 
@@ -118,10 +116,10 @@ class TestPassAndBatchesTakeTurns:
         gate, started = asyncio.Event(), asyncio.Event()
         t = seg.app.state.settings.thresholds()
 
-        async def held_pass(session: AsyncSession, outbox: Outbox, _: datetime) -> int:
+        async def held_pass(tx: Transaction) -> int:
             started.set()
             await gate.wait()
-            return await reevaluate(session, seg.clock.now(), t, outbox, 0)
+            return await reevaluate(tx.session, seg.clock.now(), t, tx.outbox, 0)
 
         pass_task = asyncio.create_task(seg.runtime.job(REEVALUATE_JOB, held_pass))
         await started.wait()
