@@ -85,8 +85,7 @@ async def erase(session: AsyncSession, links: Table, erasures: Table, event: Cus
     """Delete every row of `tables` about the customer, under any of their ids, and the events
     about them still waiting in `outbox`; remember the erasure (hashed) so events from before it
     that arrive later do not bring them back. Returns the ids."""
-    everyone = [event.customer_id, *event.merged_ids]
-    everyone += list((await session.execute(select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
+    everyone = await erased_ids(session, links, event)
     for table in (*tables, links):
         await session.execute(delete(table).where(table.c.customer_id.in_(everyone)))
     await session.execute(delete(links).where(links.c.alias_id.in_(everyone)))
@@ -94,6 +93,13 @@ async def erase(session: AsyncSession, links: Table, erasures: Table, event: Cus
         await session.execute(delete(outbox).where(outbox.c.key.in_(everyone)))
     await add_tombstones(session, erasures, [id_hash(i) for i in everyone], event.at)
     return everyone
+
+
+async def erased_ids(session: AsyncSession, links: Table, event: CustomerErased) -> list[str]:
+    """The ids an erasure is about: the customer's, those merged into it, and their aliases."""
+    everyone = [event.customer_id, *event.merged_ids]
+    return everyone + list((await session.execute(
+        select(links.c.alias_id).where(links.c.customer_id.in_(everyone)))).scalars())
 
 
 def drop_outgoing_about(tx: Transaction, ids: Iterable[str]) -> None:

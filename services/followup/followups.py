@@ -1,5 +1,6 @@
 """Follow-ups in the store: creating them (once per trigger, one open per customer and policy),
-closing them, moving them by the clock, and the reminders that go with each move."""
+closing them, moving them by the clock, and the reminders that go with each move; and what a
+batch of segment and stage changes, a link or an erasure changes in the store."""
 from __future__ import annotations
 
 import uuid
@@ -10,13 +11,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Table, and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.followup.policies import DEFAULT_POLICIES, Policy, parse_policy
-from services.followup.store import deliveries, followups, memberships, policies, stages
-from shared.events import FollowupChanged, stable_id, to_iso
-from shared.identity import chunks
+from services.followup.store import (
+    bus_tables,
+    customer_tables,
+    deliveries,
+    erasures,
+    followups,
+    links,
+    memberships,
+    policies,
+    stages,
+)
+from shared.consumer import Transaction
+from shared.events import CustomerErased, FollowupChanged, FunnelStageChanged, SegmentChanged, stable_id, to_iso
+from shared.identity import chunks, erase, erased_ids, erasure_times, relink
+from shared.keyed_rows import Key, read_keyed, write_keyed
 from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
 
@@ -341,3 +354,93 @@ def status_filter(status: str, now: datetime, grace: timedelta) -> Any:
         return and_(is_open, followups.c.due_at <= now, followups.c.due_at > now - grace)
     return and_(is_open, followups.c.due_at > now)
 
+
+# --- what consumed events change -----------------------------------------------------------------
+
+
+class Changes:
+    """What a batch of segment and stage changes needs, read in a few statements: erasures, the
+    memberships and stages held, and the policies each customer has a follow-up open under (kept
+    current as the changes create and cancel them)."""
+
+    def __init__(self, tx: Transaction, grace: timedelta) -> None:
+        self.tx, self.session, self.grace = tx, tx.session, grace
+        self.erased: dict[str, datetime] = {}
+        self.memberships: dict[Key, dict[str, Any]] = {}
+        self.stages: dict[Key, dict[str, Any]] = {}
+        self.written: dict[Table, tuple[dict[Key, dict[str, Any]], set[Key]]] = {
+            memberships: ({}, set()), stages: ({}, set())}
+        self.open: defaultdict[str, set[str]] = defaultdict(set)
+
+    async def read(self, events: list[SegmentChanged | FunnelStageChanged]) -> None:
+        customers = sorted({e.customer_id for e in events})
+        self.erased = await erasure_times(self.session, erasures, customers)
+        self.memberships = await read_keyed(self.session, memberships, "segment", (
+            (e.customer_id, e.segment) for e in events if isinstance(e, SegmentChanged)))
+        self.stages = await read_keyed(self.session, stages, "funnel", (
+            (e.customer_id, e.funnel) for e in events if isinstance(e, FunnelStageChanged)))
+        self.open = await _open_policies(self.session, customers)
+
+    def is_erased(self, customer: str, at: datetime) -> bool:
+        return customer in self.erased and at <= self.erased[customer]
+
+    def hold(self, table: Table, held: dict[Key, dict[str, Any]], key: Key, row: dict[str, Any]) -> None:
+        written, inserted = self.written[table]
+        if key not in held:
+            inserted.add(key)
+        held[key] = written[key] = row
+
+    async def write(self) -> None:
+        await write_keyed(self.session, memberships, "segment", *self.written[memberships])
+        await write_keyed(self.session, stages, "funnel", *self.written[stages])
+
+    async def create(self, versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str) -> None:
+        if versioned.policy.key in self.open[customer]:
+            return  # one open per customer and policy: create would insert nothing
+        if await create(self.session, versioned, customer, due_at, reason, trigger_key, self.tx.now, self.tx.outbox,
+                        self.grace):
+            self.open[customer].add(versioned.policy.key)
+
+    async def cancel(self, customer: str, policy_keys: list[str], reason: str) -> None:
+        if self.open[customer].intersection(policy_keys):
+            await cancel_for(self.session, customer, policy_keys, reason, self.tx.now, self.tx.outbox, self.grace)
+            self.open[customer].difference_update(policy_keys)
+
+
+async def merge_customer(session: AsyncSession, merged: str, customer: str, now: datetime, outbox: Outbox,
+                         grace: timedelta) -> None:
+    """A customers.v1 link: the merged id's follow-ups and state become the customer's; where both
+    had one open under the same policy, the merged id's is cancelled (one open per customer and
+    policy)."""
+    await relink(session, links, merged, customer)
+    theirs = select(followups.c.policy).where(followups.c.customer_id == customer, followups.c.open_slot.is_not(None))
+    await close(session, and_(followups.c.customer_id == merged, followups.c.policy.in_(theirs)), "cancelled", now,
+                outbox, grace, f"merged into {customer}, who has one open under the same policy")
+    opened = await session.execute(select(followups.c.id, followups.c.policy).where(
+        followups.c.customer_id == merged, followups.c.open_slot.is_not(None)))
+    for followup_id, policy in opened.all():
+        await session.execute(update(followups).where(followups.c.id == followup_id).values(
+            open_slot=f"{customer}|{policy}"))
+    await session.execute(update(followups).where(followups.c.customer_id == merged).values(customer_id=customer))
+    # Segmentation and funnel publish the merged customer's memberships and stages themselves.
+    for table in (memberships, stages):
+        await session.execute(delete(table).where(table.c.customer_id == merged))
+
+
+async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[str]:
+    """Every row about the customer, under any of their ids, goes: follow-ups with their
+    deliveries, memberships, stages, and their events waiting in the outbox. Returns the ids."""
+    theirs = select(followups.c.id).where(followups.c.customer_id.in_(await erased_ids(session, links, event)))
+    await session.execute(delete(deliveries).where(deliveries.c.followup_id.in_(theirs)))
+    return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
+
+
+async def _open_policies(session: AsyncSession, customers: list[str]) -> defaultdict[str, set[str]]:
+    """customer -> the policies they have a follow-up open under."""
+    found: defaultdict[str, set[str]] = defaultdict(set)
+    for chunk in chunks(customers):
+        rows = await session.execute(select(followups.c.customer_id, followups.c.policy).where(
+            followups.c.customer_id.in_(chunk), followups.c.status.in_(OPEN)))
+        for customer, policy in rows.tuples():
+            found[customer].add(policy)
+    return found

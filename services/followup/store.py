@@ -88,3 +88,7 @@ deliveries = Table(
     Column("last_error", Text),
     Index("ix_deliveries_next_attempt_at", "next_attempt_at"),
 )
+
+# Every table that holds rows about a customer: an erasure deletes theirs from each (their
+# follow-ups' deliveries go first, see followups.erase_customer).
+customer_tables = (followups, memberships, stages)

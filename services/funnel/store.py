@@ -164,6 +164,10 @@ alert_firings = Table(
 alert_deliveries = Table("alert_deliveries", metadata, *delivery_columns(),
                          Column("alert", String(100), nullable=False, index=True))
 
+# Every table that holds rows about a customer: an erasure deletes theirs from each (attempts go
+# first, see tracking.erase_customer).
+customer_tables = (events, matches, transitions, segment_members, traits)
+
 
 # --- queries of the routes ----------------------------------------------------------------------
 

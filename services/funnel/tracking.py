@@ -1,5 +1,6 @@
 """Keeping every customer's counted attempt current: events in, matches per funnel, attempts
-recounted, transitions recorded and published on funnel.v1.
+recounted, transitions recorded and published on funnel.v1; and what a link, an erasure or a
+segment change does to the customer's rows.
 
 Work is done once per consumed batch: the batch's events are matched and stored in bulk, then
 each touched (funnel, customer) is recounted from its matched events. A counted attempt depends
@@ -33,17 +34,21 @@ from services.funnel.logic import (
 )
 from services.funnel.store import (
     attempts,
+    bus_tables,
+    customer_tables,
     erasures,
     events,
     funnel_versions,
     funnels,
     links,
     matches,
+    segment_members,
     traits,
     transitions,
 )
-from shared.events import FunnelStageChanged, Interaction
-from shared.identity import canonical_ids, chunks, merge_traits, not_erased
+from shared.events import CustomerErased, FunnelStageChanged, Interaction, SegmentChanged
+from shared.identity import canonical_ids, chunks, erase, erased_ids, merge_traits, not_erased, relink
+from shared.keyed_rows import Key, read_keyed, write_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
 from shared.store import hold_lock, insert_ignoring_conflicts
@@ -203,6 +208,42 @@ async def _record_traits(session: AsyncSession, identified: list[tuple[str, Inte
             traits=bindparam("b_traits"), traits_at=bindparam("b_at")), changed)
 
 
+async def _merge_traits(session: AsyncSession, merged: str, customer: str) -> None:
+    """`merged`'s traits join `customer`'s, per trait the value set latest (shared merge_traits,
+    as for an identify); this only moves the stored rows."""
+    rows = {r.customer_id: r for r in await session.execute(select(traits).where(traits.c.customer_id.in_([merged, customer])))}
+    if merged not in rows:
+        return
+    theirs = (orjson.loads(rows[merged].traits), orjson.loads(rows[merged].traits_at))
+    await session.execute(delete(traits).where(traits.c.customer_id == merged))
+    if customer not in rows:
+        await session.execute(insert(traits).values(customer_id=customer, traits=rows[merged].traits,
+                                                    traits_at=rows[merged].traits_at))
+        return
+    t, a = merge_traits((orjson.loads(rows[customer].traits), orjson.loads(rows[customer].traits_at)), theirs)
+    await session.execute(update(traits).where(traits.c.customer_id == customer).values(
+        traits=orjson.dumps(t), traits_at=orjson.dumps(a)))
+
+
+async def record_segment_changes(session: AsyncSession, changes: list[SegmentChanged]) -> None:
+    """Membership now, for `breakdown=segment:<key>`: per (canonical customer, segment), the
+    latest change by time wins."""
+    canonical = await canonical_ids(session, links, (e.customer_id for e in changes))
+    moves = [(canonical.get(e.customer_id, e.customer_id), e) for e in changes]
+    held = await read_keyed(session, segment_members, "segment", ((c, e.segment) for c, e in moves))
+    written: dict[Key, dict[str, object]] = {}
+    inserted: set[Key] = set()
+    for customer, event in moves:
+        key = (customer, event.segment)
+        if key not in held:
+            inserted.add(key)
+        elif event.at < held[key]["at"]:
+            continue
+        held[key] = written[key] = {"customer_id": customer, "segment": event.segment,
+                                    "member": int(event.change == "entered"), "at": event.at}
+    await write_keyed(session, segment_members, "segment", written, inserted)
+
+
 @dataclass(frozen=True)
 class Version:
     generation: int
@@ -250,6 +291,26 @@ async def delete_attempts(session: AsyncSession, customers: list[str]) -> None:
         await session.execute(delete(attempts).where(attempts.c.customer_id.in_(customers)))
         await session.execute(update(funnel_versions).where(funnel_versions.c.funnel.in_(held))
                               .values(generation=time.time_ns()))
+
+
+async def merge_customer(session: AsyncSession, merged: str, customer: str) -> None:
+    """A customers.v1 link: `merged` names `customer` from now on; its events, matches and traits
+    become the customer's. One customer, one path: the recount (the caller's to schedule) records
+    the merged path's stages for the customer (those it had not reached yet); the merged id's own
+    transitions and attempts end with it."""
+    await relink(session, links, merged, customer)
+    for table in (events, matches):
+        await session.execute(update(table).where(table.c.customer_id == merged).values(customer_id=customer))
+    await session.execute(delete(transitions).where(transitions.c.customer_id == merged))
+    await remove_attempts(session, [merged])
+    await _merge_traits(session, merged, customer)
+
+
+async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[str]:
+    """Every row about the customer, under any of their ids, goes (attempts at once, see
+    `delete_attempts`), and their events waiting in the outbox. Returns the ids."""
+    await delete_attempts(session, await erased_ids(session, links, event))
+    return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
 
 
 async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
