@@ -22,7 +22,7 @@ from services.segmentation.custom import (
 from services.segmentation.evaluation import apply, days_between
 from services.segmentation.facts import load_facts
 from services.segmentation.facts_index import PreviewFacts
-from services.segmentation.handlers import canonical
+from services.segmentation.store import canonical
 from services.segmentation.logic import builtin_segments, nps_category
 from services.segmentation.rules import parse
 from services.segmentation.schemas import Preview, PreviewIn, SegmentIn, SegmentSummary, SegmentUpdate

@@ -13,7 +13,6 @@ from services.segmentation.evaluation import evaluate_customers
 from services.segmentation.logic import Thresholds
 from services.segmentation.recording import merge_customer, record_interactions, record_stage_moves
 from services.segmentation.store import bus_tables, customer_tables, erasures, links
-from services.segmentation.store import canonical as canonical  # api.py reads it from here
 from shared.consumer import Handlers, Transaction, handlers_of, on
 from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, Interaction
 from shared.identity import drop_outgoing_about, erase, on_erasure_recorded
