@@ -59,6 +59,9 @@ model_state = Table(
 links, erasures = add_identity_tables(metadata)
 customer_locks = add_customer_locks(metadata, links)  # taken by each consumed batch
 
+# Every table that holds rows about a customer: an erasure deletes theirs from each.
+customer_tables = (facts, countries, changes)
+
 
 async def country_of(session: AsyncSession, customer: str) -> str | None:
     """The latest country the customer's traits named, if any."""

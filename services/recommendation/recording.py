@@ -1,0 +1,100 @@
+"""What consumed events change in the recommendation store: the product facts and countries of a
+batch of interactions, a customers.v1 link (the merged id's facts and country become the
+customer's), an erasure, and the version under which changed customers are recorded, which the
+models of every process read (see `model_index`)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.recommendation.logic import country_of, facts_of
+from services.recommendation.store import (
+    bus_tables,
+    changes,
+    countries,
+    customer_tables,
+    erasures,
+    facts,
+    links,
+    model_state,
+)
+from shared.events import CustomerErased, Interaction
+from shared.identity import canonical_ids, chunks, erase, not_erased, relink
+from shared.store import insert_ignoring_conflicts
+
+ROWS_PER_INSERT = 500  # SQLite caps bound parameters per statement
+
+
+async def record_interactions(session: AsyncSession, events: list[Interaction]) -> set[str]:
+    """Write the batch's product facts (a redelivered or replayed event writes the same rows:
+    keyed by event and line) and the countries its traits named. Returns the customers changed."""
+    batch = await not_erased(session, erasures, events)
+    merged = await canonical_ids(session, links, [e.customer_id for e in batch])
+    rows: list[dict[str, object]] = []
+    latest: dict[str, tuple[float, str]] = {}
+    for e in batch:
+        customer, at = merged.get(e.customer_id, e.customer_id), e.occurred_at.timestamp()
+        lines = facts_of(e.name, e.properties, e.event_id, at) if e.type == "track" else []
+        rows += [{"event_id": e.event_id, "line": n, "customer_id": customer, **f._asdict()} for n, f in enumerate(lines)]
+        country = country_of(e.traits, e.context)
+        if country is not None and at >= latest.get(customer, (-1.0, ""))[0]:
+            latest[customer] = (at, country)
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        await session.execute(insert_ignoring_conflicts(facts, session), rows[start:start + ROWS_PER_INSERT])
+    await _keep_countries(session, latest)
+    return {str(r["customer_id"]) for r in rows} | latest.keys()
+
+
+async def _keep_countries(session: AsyncSession, latest: dict[str, tuple[float, str]]) -> None:
+    """Per customer, the country named latest (by event time) wins, in whatever order they come."""
+    for chunk in chunks(sorted(latest)):
+        held = dict((await session.execute(select(countries.c.customer_id, countries.c.at)
+                                           .where(countries.c.customer_id.in_(chunk)))).tuples().all())
+        for customer in chunk:
+            at, country = latest[customer]
+            if customer not in held:
+                await session.execute(insert(countries).values(customer_id=customer, country=country, at=at))
+            elif at >= held[customer]:
+                await session.execute(update(countries).where(countries.c.customer_id == customer)
+                                      .values(country=country, at=at))
+
+
+async def merge_customer(session: AsyncSession, merged: str, customer: str) -> None:
+    """The merged id's facts become the customer's, and its country too where named later."""
+    await relink(session, links, merged, customer)
+    await session.execute(update(facts).where(facts.c.customer_id == merged).values(customer_id=customer))
+    theirs = (await session.execute(select(countries.c.at, countries.c.country).where(countries.c.customer_id == merged))).first()
+    if theirs is not None:
+        await session.execute(delete(countries).where(countries.c.customer_id == merged))
+        await _keep_countries(session, {customer: (theirs.at, theirs.country)})
+
+
+async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[str]:
+    """Every row about the customer, under any of their ids, goes, and so do their events waiting
+    in the outbox; a new generation makes every model reload. Returns the ids."""
+    everyone = await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
+    await bump(session, erased=True)
+    return everyone
+
+
+async def record_changes(session: AsyncSession, customers: Iterable[str]) -> None:
+    """The customers changed in a new version (nothing when there are none)."""
+    changed = sorted(customers)
+    if changed:
+        version = await bump(session)
+        for chunk in chunks(changed):
+            await session.execute(delete(changes).where(changes.c.customer_id.in_(chunk)))
+            await session.execute(insert(changes), [{"customer_id": c, "version": version} for c in chunk])
+
+
+async def bump(session: AsyncSession, erased: bool = False) -> int:
+    """The next version (and generation, when customers were erased); the row stays locked until
+    the transaction ends, so versions become visible in order."""
+    values = {"version": model_state.c.version + 1} | ({"generation": model_state.c.generation + 1} if erased else {})
+    version = await session.scalar(update(model_state).values(**values).returning(model_state.c.version))
+    if version is None:  # the first batch ever
+        await session.execute(insert(model_state).values(id=1, version=1, generation=int(erased)))
+        return 1
+    return int(version)
