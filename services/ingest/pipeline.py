@@ -114,10 +114,12 @@ class Pipeline:
 
     async def run(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            # Until a request queues rows, half a second passes, or the service stops (a stop
+            # must not wait out the half second).
+            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(runtime.stopping.wait())]
+            await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
             self._wake.clear()
             try:
                 await self.drain(runtime, give_way=True)
