@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS group_owners (
 CROSS_PROCESS_POLL_SECONDS = 0.05
 
 
+
+def dump_headers(headers: dict[str, str]) -> str:
+    """Headers as the log keeps them: JSON text (orjson: every record of every batch pays this)."""
+    return orjson.dumps(headers).decode()
+
 class EmbeddedBus:
     def __init__(self, path: Path | str, partitions: int = 8, session_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -180,7 +185,7 @@ class EmbeddedBus:
                         "SELECT next_offset FROM partition_ends WHERE topic = ? AND partition = ?", tp
                     ).fetchone()
                     ends[tp] = row[0] if row else 0
-                rows.append((*tp, ends[tp], rec.key, rec.value, json.dumps(rec.headers), now_ms))
+                rows.append((*tp, ends[tp], rec.key, rec.value, dump_headers(rec.headers), now_ms))
                 ends[tp] += 1
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany(
@@ -294,7 +299,7 @@ class EmbeddedBus:
             'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
             (*tp, start, limit),
         ).fetchall()
-        return [Record(tp[0], tp[1], o, k, v, json.loads(h), ts) for o, k, v, h, ts in rows]
+        return [Record(tp[0], tp[1], o, k, v, orjson.loads(h), ts) for o, k, v, h, ts in rows]
 
     def _commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         self._db().executemany(
@@ -402,9 +407,9 @@ class LogEditor:
             rows = self.db.execute(
                 'SELECT "offset", key, value, headers, ts FROM records WHERE topic = ? AND partition = ? '
                 'AND "offset" >= ? AND instr(headers, ?) > 0 ORDER BY "offset"',
-                (topic, partition, start.get(partition, 0), json.dumps(value)),
+                (topic, partition, start.get(partition, 0), orjson.dumps(value).decode()),
             ).fetchall()
-            found += [Record(topic, partition, o, k, v, json.loads(h), ts) for o, k, v, h, ts in rows]
+            found += [Record(topic, partition, o, k, v, orjson.loads(h), ts) for o, k, v, h, ts in rows]
         return [r for r in found if r.headers.get(name) == value]
 
     def header_of(self, record: Record, name: str) -> str | None:
@@ -445,7 +450,7 @@ class LogEditor:
         """The record at the same place (topic, partition, offset) holds `new` instead."""
         self.db.execute(
             'UPDATE records SET key = ?, value = ?, headers = ? WHERE topic = ? AND partition = ? AND "offset" = ?',
-            (new.key, new.value, json.dumps(new.headers), record.topic, record.partition, record.offset),
+            (new.key, new.value, dump_headers(new.headers), record.topic, record.partition, record.offset),
         )
 
     def records_about(self, appended_until: dict[str, int], names: Callable[[bytes, set[str]], bool]
