@@ -6,7 +6,9 @@ each service whose URL is unset as a child (`python -m services.<name>`) on a fr
 sharing DATA_DIR and its bus file (the embedded bus is made for several processes: WAL, consumer
 groups in a table), and proxies to it as it would to a container. Children die with the gateway
 (the kernel's parent-death signal, and SIGTERM on a clean stop), so one Ctrl-C stops them all; one
-that exits on its own is started again. Their logs go to DATA_DIR/logs/<name>.log.
+that exits on its own is started again, at once after a long run and after a growing pause when it
+keeps dying at start (a broken store or setting: a crash loop should not eat a core). Their logs go
+to DATA_DIR/logs/<name>.log.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -34,6 +37,8 @@ from shared.runner import load, wait_until_healthy
 log = logging.getLogger("funnelstream.supervisor")
 READY_TIMEOUT_SECONDS = 120.0  # first start of a big store runs its migrations
 WATCH_SECONDS = 1.0
+STABLE_SECONDS = 60.0  # a child that ran this long before exiting is started again at once
+LONGEST_PAUSE_SECONDS = 30.0
 ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 
@@ -44,6 +49,9 @@ class Child:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_exits: int = 0  # exits in a row, each before STABLE_SECONDS of running
+    restart_at: float | None = None
 
     @property
     def url(self) -> str:
@@ -96,6 +104,7 @@ class Supervisor:
         with open(child.log_path, "ab") as out:
             child.process = subprocess.Popen([sys.executable, "-m", f"services.{child.name}"], env=env, cwd=ROOT,
                                              stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        child.started_at = time.monotonic()
 
     def _wait_healthy(self, child: Child) -> None:
         assert child.process is not None
@@ -110,9 +119,25 @@ class Supervisor:
         while not self.stopping.wait(WATCH_SECONDS):
             for child in self.children:
                 if child.process is not None and child.process.poll() is not None and not self.stopping.is_set():
-                    log.error("the %s service exited with %s; starting it again (log: %s)",
-                              child.name, child.process.returncode, child.log_path)
-                    self._spawn(child)
+                    self._restart(child, time.monotonic())
+
+    def _restart(self, child: Child, now: float) -> None:
+        assert child.process is not None
+        if child.restart_at is None:
+            child.quick_exits = child.quick_exits + 1 if now - child.started_at < STABLE_SECONDS else 0
+            pause = restart_pause(child.quick_exits)
+            log.error("the %s service exited with %s; starting it again%s (log: %s)", child.name,
+                      child.process.returncode, f" in {pause:.0f} s" if pause else "", child.log_path)
+            child.restart_at = now + pause
+        if now >= child.restart_at:
+            child.restart_at = None
+            self._spawn(child)
+
+
+def restart_pause(quick_exits: int) -> float:
+    """Seconds before starting a child again: none for its first quick exit in a row, then 2, 4, 8
+    and so on up to LONGEST_PAUSE_SECONDS."""
+    return 0.0 if quick_exits <= 1 else min(LONGEST_PAUSE_SECONDS, 2.0 ** (quick_exits - 1))
 
 
 def _die_with_parent() -> None:

@@ -110,3 +110,25 @@ def test_nothing_outlives_the_gateway_killed_by_sigkill(run: Run) -> None:
     while any(alive(pid) for pid in children.values()):
         assert time.monotonic() < deadline, {name: pid for name, pid in children.items() if alive(pid)}
         time.sleep(0.2)
+
+
+def test_a_service_that_dies_at_every_start_is_started_again_after_growing_pauses(run: Run) -> None:
+    """A crash loop (here a store file that is not a database) is retried after 2 s, then 4 s, ...
+    instead of once a second for ever; once the cause is gone the service comes back."""
+    store = run.data / "recommendation.db"
+    for path in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+        path.unlink(missing_ok=True)
+    store.write_bytes(b"not a database " * 512)
+    os.kill(run.children()["recommendation"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "starting it again in 4 s" not in run.log.read_text():
+        assert time.monotonic() < deadline, run.log.read_text()[-3000:]
+        time.sleep(0.2)
+    restarts = [line.split("starting it again")[1].split(" (log")[0]
+                for line in run.log.read_text().splitlines() if "the recommendation service exited" in line]
+    assert restarts[:3] == ["", " in 2 s", " in 4 s"], restarts
+    store.unlink()  # the cause gone: the next start (after 4 s) makes a fresh store and stays up
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{run.url}/api/recommendations/customers/ann", headers=READER, timeout=30).status_code >= 500:
+        assert time.monotonic() < deadline, run.log.read_text()[-3000:]
+        time.sleep(0.5)
