@@ -115,6 +115,7 @@ class ConsumerLoop:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         prepare: Callable[[Transaction], Awaitable[None]] | None = None,
         customer_locks: CustomerLocks | None = None,
+        max_batch: int = 2000,
     ) -> None:
         self.service = service
         self.bus = bus
@@ -127,6 +128,7 @@ class ConsumerLoop:
         self.now = now
         self.prepare = prepare
         self.customer_locks = customer_locks
+        self.max_batch = max_batch
         self.topics = topics_of(handlers)
         self.consumer: Consumer | None = None
         self.healthy = False
@@ -165,7 +167,7 @@ class ConsumerLoop:
         out the poll's timeout (half a second per service at every shutdown and restart). Records
         fetched but dropped this way are not committed: the next run reads them again."""
         assert self.consumer is not None
-        poll = asyncio.ensure_future(self.consumer.poll(max_records=500, timeout=0.5))
+        poll = asyncio.ensure_future(self.consumer.poll(max_records=self.max_batch, timeout=0.5))
         stop = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait((poll, stop), return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()

@@ -148,7 +148,8 @@ def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:
     relay = OutboxRelay(store, parts.tables, the_bus)
     consumer = (
         ConsumerLoop(parts.name, the_bus, store, parts.tables, parts.handlers, relay, settings.bus_max_attempts,
-                     now=lambda: runtime.clock.now(), prepare=parts.prepare_batch, customer_locks=parts.customer_locks)
+                     now=lambda: runtime.clock.now(), prepare=parts.prepare_batch, customer_locks=parts.customer_locks,
+                     max_batch=settings.bus_max_batch)
         if parts.handlers
         else None
     )

@@ -81,6 +81,11 @@ class CommonSettings(BaseSettings):
     bus_max_attempts: int = common(
         5, "BUS_MAX_ATTEMPTS", "Attempts at one message before it goes to `<topic>.dlq`."
     )
+    bus_max_batch: int = common(
+        2000, "BUS_MAX_BATCH", "Most records a consumer applies in one store transaction (larger batches share "
+        "each transaction's fixed work among more events; a smaller one holds each write lock for less time).",
+        ge=1, le=20000
+    )
     kafka_bootstrap_servers: str = common(
         "127.0.0.1:9092", "KAFKA_BOOTSTRAP_SERVERS", "Kafka brokers, comma-separated."
     )
