@@ -1,8 +1,8 @@
 """Accepting messages: dedupe, identity stitching, the timeline, the quarantine, publishing.
 
-All of one request's effects are written in one transaction, with the events to publish in the
-outbox, so a request either lands whole or not at all; the outbox relay publishes after commit
-and the request never waits for it, nor for any consumer.
+A request commits its accepted messages as one inbox row (`enqueue_all`) and answers. The
+pipeline applies the rows of several requests at once, in one transaction (`accept`): a fixed
+handful of statements per batch, so the cost per event is the work on the event, not round trips.
 
 Identity rules (Segment/PostHog-style): a message carrying both ids, an identify, or an alias
 links an id to a customer. The customer of a message is its `userId`, else its `anonymousId`,
@@ -12,14 +12,13 @@ past events move to the customer, and a `CustomerLinked` event lets other servic
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-
-import orjson
 from typing import Any
 
+import orjson
+
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.ingest.channels import classify
 from services.ingest.messages import (
@@ -46,13 +45,6 @@ from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
 
 
-@dataclass
-class Outcome:
-    accepted: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    outbox: Outbox = field(default_factory=Outbox)
-
-
 async def enqueue_all(
     session: AsyncSession, requests: list[tuple[list[Message], list[Rejection], datetime]]
 ) -> None:
@@ -66,31 +58,26 @@ async def enqueue_all(
         await session.execute(insert(inbox), rows)
 
 
-async def accept(
-    session: AsyncSession, messages: list[Message], rejections: list[Rejection], received_at: datetime
-) -> Outcome:
-    """The pipeline's part: dedupe, stitch, write the timeline, and publish (via the outbox)."""
-    outcome = Outcome(accepted=len(messages), rejected=rejections)
-    await _quarantine(session, rejections, received_at)
-    fresh = await _drop_erased(session, await _drop_duplicates(session, messages, received_at))
+async def accept(db: AsyncConnection, messages: list[Message]) -> Outbox:
+    """The pipeline's part, for the messages of several requests' inbox rows at once (in the
+    order they came): dedupe, stitch, write the timeline; returns the events to publish. The same
+    few statements whatever the number of messages: per-statement costs are paid per batch."""
+    outbox = Outbox()
+    fresh = await _drop_erased(db, await _drop_duplicates(db, messages))
     if not fresh:
-        return outcome
-    links = await _stitch(session, fresh, received_at, outcome.outbox)
+        return outbox
+    links = await _stitch(db, fresh, outbox)
+    iso_times: dict[datetime, str] = {}  # a request's messages share their received_at
     rows = []
     for message in fresh:
         own = message.own_id
         customer_id = links.get(own, own)
-        body = orjson.dumps(_canonical(message, customer_id))
-        outcome.outbox.add(record(Interaction, customer_id, message.message_id, body))
+        body = orjson.dumps(_canonical(message, customer_id, iso_times))
+        outbox.add(record(Interaction, customer_id, message.message_id, body))
         rows.append({"event_id": message.message_id, "customer_id": customer_id,
                      "occurred_at": message.occurred_at, "body": body})
-    await session.execute(insert_ignoring_conflicts(events, session), rows)
-    return outcome
-
-
-async def _quarantine(session: AsyncSession, rejections: list[Rejection], received_at: datetime) -> None:
-    if rejections:
-        await session.execute(insert(quarantine), [quarantine_row(r, received_at) for r in rejections])
+    await db.execute(insert_ignoring_conflicts(events, db), rows)
+    return outbox
 
 
 def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
@@ -110,17 +97,20 @@ def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, obj
     }
 
 
-async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: datetime) -> list[Message]:
+async def _drop_duplicates(db: AsyncConnection, messages: list[Message]) -> list[Message]:
     """An SDK retry (a messageId seen within the window) is acknowledged but not stored again.
 
     One statement: remember each sent id unless already remembered, and learn which were new."""
-    sent = {m.message_id for m in messages if not m.generated_id}
+    sent: dict[str, datetime] = {}
+    for m in messages:
+        if not m.generated_id:
+            sent.setdefault(m.message_id, m.received_at)  # the first copy is the one remembered
     new: set[str] = set()
     if sent:
-        remember = insert_ignoring_conflicts(seen_messages, session)
-        result = await session.execute(
+        remember = insert_ignoring_conflicts(seen_messages, db)
+        result = await db.execute(
             remember.returning(seen_messages.c.message_id),
-            [{"message_id": mid, "seen_at": at} for mid in sent],
+            [{"message_id": mid, "seen_at": at} for mid, at in sent.items()],
         )
         new = set(result.scalars())
     fresh = []
@@ -131,63 +121,79 @@ async def _drop_duplicates(session: AsyncSession, messages: list[Message], at: d
     return fresh
 
 
-async def _drop_erased(session: AsyncSession, messages: list[Message]) -> list[Message]:
+async def _drop_erased(db: AsyncConnection, messages: list[Message]) -> list[Message]:
     """Messages about an erased customer that happened before the erasure (late: a retry, an
     import) are dropped: the erasure stands. Later ones start a new customer."""
     if not messages:
         return messages
-    erased = await erasure_times(session, erasures, (i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id)))
+    erased = await erasure_times(db, erasures, _named_ids(messages))  # type: ignore[arg-type]
     if not erased:
         return messages
     return [m for m in messages
             if not any(i in erased and m.occurred_at <= erased[i] for i in (m.user_id, m.anonymous_id, m.previous_id) if i)]
 
 
-async def _stitch(session: AsyncSession, messages: list[Message], at: datetime, outbox: Outbox) -> dict[str, str]:
-    """Apply the batch's new links; returns id -> customer for every id the batch names."""
-    ids = {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
-    rows = await session.execute(select(identities).where(identities.c.alias_id.in_(ids)))
-    links = {row.alias_id: row.customer_id for row in rows}
-    merged: list[str] = []
-    for merged_id, into in _new_links(messages):
+def _named_ids(messages: list[Message]) -> set[str]:
+    """Every id the messages name (each once: a batch names its customers many times)."""
+    return {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
+
+
+async def _stitch(db: AsyncConnection, messages: list[Message], outbox: Outbox) -> dict[str, str]:
+    """Apply the batch's new links, in order; returns id -> customer for every id the batch names.
+    One read of the ids' links for the whole batch."""
+    rows = await db.execute(
+        select(identities.c.alias_id, identities.c.customer_id).where(identities.c.alias_id.in_(_named_ids(messages))))
+    links = dict(rows.tuples().all())
+    members: dict[str, list[str]] = {}  # customer -> the ids above that count for it
+    for alias_id, customer in links.items():
+        members.setdefault(customer, []).append(alias_id)
+    linked_at: dict[str, datetime] = {}  # merged id -> when
+    for merged_id, into, at in _new_links(messages):
         customer = links.get(into, into)
         if merged_id in links or merged_id == customer:
             continue  # an id links once; the first customer keeps it
-        links.update({k: customer for k, v in links.items() if v == merged_id})
-        links[merged_id] = customer
-        merged.append(merged_id)
-    if merged:
-        await _save_links(session, {m: links[m] for m in merged}, at)
-        for merged_id in merged:
-            outbox.publish(CustomerLinked(customer_id=links[merged_id], merged_id=merged_id, at=at))
+        joining = [*members.pop(merged_id, []), merged_id]  # the id, and those counted for it
+        links.update(dict.fromkeys(joining, customer))
+        members.setdefault(customer, []).extend(joining)
+        linked_at[merged_id] = at
+    if linked_at:
+        moves = {merged_id: (links[merged_id], at) for merged_id, at in linked_at.items()}  # final customers
+        await _save_links(db, moves)
+        for merged_id, (customer, at) in moves.items():
+            outbox.publish(CustomerLinked(customer_id=customer, merged_id=merged_id, at=at))
     return links
 
 
-async def _save_links(session: AsyncSession, moves: dict[str, str], at: datetime) -> None:
+async def _save_links(db: AsyncConnection, moves: dict[str, tuple[str, datetime]]) -> None:
     """Each merged id, and every id and event already counted for it, now count for its customer.
     Three statements for the whole batch, whatever the number of links."""
-    params = [{"old": merged_id, "new": customer} for merged_id, customer in moves.items()]
-    await session.execute(
+    params = [{"old": merged_id, "new": customer} for merged_id, (customer, _) in moves.items()]
+    await db.execute(
         update(identities).where(identities.c.customer_id == bindparam("old")).values(customer_id=bindparam("new")),
         params)
-    await session.execute(insert(identities), [
-        {"alias_id": merged_id, "customer_id": customer, "linked_at": at} for merged_id, customer in moves.items()])
-    await session.execute(
+    await db.execute(insert(identities), [
+        {"alias_id": merged_id, "customer_id": customer, "linked_at": at} for merged_id, (customer, at) in moves.items()])
+    await db.execute(
         update(events).where(events.c.customer_id == bindparam("old")).values(customer_id=bindparam("new")), params)
 
 
-def _new_links(messages: list[Message]) -> list[tuple[str, str]]:
+def _new_links(messages: list[Message]) -> list[tuple[str, str, datetime]]:
+    """(id, the id it links to, when), in the order the messages came."""
     pairs = []
     for m in messages:
         if m.type == "alias" and m.previous_id and m.user_id:
-            pairs.append((m.previous_id, m.user_id))
+            pairs.append((m.previous_id, m.user_id, m.received_at))
         if m.anonymous_id and m.user_id:
-            pairs.append((m.anonymous_id, m.user_id))
+            pairs.append((m.anonymous_id, m.user_id, m.received_at))
     return pairs
 
 
-def _canonical(message: Message, customer_id: str) -> dict[str, object]:
-    """The interactions.v1 payload (plus what only the timeline shows: extra fields, ids)."""
+def _canonical(message: Message, customer_id: str, iso_times: dict[datetime, str]) -> dict[str, object]:
+    """The interactions.v1 payload (plus what only the timeline shows: extra fields, ids).
+    `iso_times` keeps the received_at times written so far (one per request, not per message)."""
+    received_at = iso_times.get(message.received_at)
+    if received_at is None:
+        received_at = iso_times[message.received_at] = to_iso(message.received_at)
     body: dict[str, object] = {
         "event_id": message.message_id,
         "customer_id": customer_id,
@@ -200,7 +206,7 @@ def _canonical(message: Message, customer_id: str) -> dict[str, object]:
         "context": message.context,
         "channel": classify(message.context, message.properties),
         "occurred_at": to_iso(message.occurred_at),
-        "received_at": to_iso(message.received_at),
+        "received_at": received_at,
     }
     if message.previous_id:
         body["previous_id"] = message.previous_id

@@ -1,8 +1,9 @@
 """The ingest pipeline: from the inbox to the timeline and the bus, behind the request.
 
 A tracking request validates its messages, commits them as one inbox row and answers; this task
-takes inbox rows in order, a few requests per transaction, and applies them (`ingestion.accept`:
-dedupe, stitching, timeline, outbox). So a request costs one small write whatever happens
+takes inbox rows in order, many requests per transaction, and applies their messages together
+(`ingestion.accept`: dedupe, stitching, timeline; the same few statements for the whole batch).
+So a request costs one small write whatever happens
 downstream, as with Segment's and PostHog's capture APIs, and events reach the timeline and the
 bus within milliseconds. A row that keeps failing while the store and the bus answer (so the row
 itself is at fault) is moved to the quarantine with the error instead of stalling the rows behind
@@ -25,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Row, delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import ingestion
 from services.ingest.messages import Message, Rejection, unpack
@@ -40,7 +43,11 @@ from shared.service import Runtime
 
 log = logging.getLogger("funnelstream.ingest.pipeline")
 
-ROWS_PER_TRANSACTION = 20
+# A transaction applies the oldest inbox rows (requests), at most this many, and about this much
+# of their messages (JSON, at least one row): ~2,500 usual events whether requests carry one
+# event or a hundred, and a few MB in memory whatever their size.
+ROWS_PER_TRANSACTION = 1000
+BYTES_PER_TRANSACTION = 2_000_000
 ROWS_BESIDE_REQUESTS = 2  # a transaction's rows while requests keep coming
 MAX_ATTEMPTS = 3
 QUIET_SECONDS = 0.1  # no request for this long: the pipeline runs freely
@@ -152,19 +159,18 @@ class Pipeline:
         return False
 
     async def _apply(self, runtime: Runtime, rows: int) -> bool:
+        """Apply the oldest `rows` inbox rows together: one dedupe, one stitch and one timeline
+        write for all their messages, on the transaction's connection (Core statements, no ORM
+        session bookkeeping)."""
         async with runtime.store.transaction() as session:
-            query = select(inbox).order_by(inbox.c.id).limit(rows)
-            if not runtime.store.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            pending = (await session.execute(query)).all()
+            db = await session.connection()
+            pending = await _oldest_rows(db, runtime, rows)
             if not pending:
                 return False
-            outgoing = []
-            for row in pending:
-                outcome = await ingestion.accept(session, unpack(row.messages), [], row.received_at)
-                outgoing += outcome.outbox.records
-            await session.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
-            await runtime.bus.publish(outgoing)
+            messages = [message for row in pending for message in unpack(row.messages)]
+            outbox = await ingestion.accept(db, messages)
+            await db.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
+            await runtime.bus.publish(outbox.records)
         self._backlog = max(0, self._backlog - len(pending))
         return True
 
@@ -181,3 +187,29 @@ class Pipeline:
             await session.execute(insert(quarantine),
                                   [ingestion.quarantine_row(r, row.received_at) for r in rejections])
             await session.execute(delete(inbox).where(inbox.c.id == row.id))
+
+
+async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> list[Row[Any]]:
+    """The oldest inbox rows, at most `rows` and BYTES_PER_TRANSACTION of messages (at least
+    one row). Their sizes first, so no more messages are read than the transaction applies."""
+    sizes = (await db.execute(
+        select(inbox.c.id, func.length(inbox.c.messages)).order_by(inbox.c.id).limit(rows))).all()
+    ids = _within_bytes(sizes)
+    if not ids:
+        return []
+    query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
+    if not runtime.store.is_sqlite:  # replicas take different rows side by side
+        query = query.with_for_update(skip_locked=True)
+    return list((await db.execute(query)).all())
+
+
+def _within_bytes(sizes: Sequence[Row[tuple[int, int]]]) -> list[int]:
+    """The ids of the first rows whose messages add up to at most BYTES_PER_TRANSACTION (the
+    first row whatever its size)."""
+    ids, total = [], 0
+    for row_id, size in sizes:
+        total += size
+        if ids and total > BYTES_PER_TRANSACTION:
+            break
+        ids.append(row_id)
+    return ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.events import CUSTOMERS
 from tests.helpers import ADMIN, READER
 from tests.ingest.support import (
     assert_error,
@@ -117,6 +118,28 @@ class TestIdentityStitching:
         await send_batch(client, [track("l-3", userId="id-x")])
         items = await wait_for_events(client, "id-y", "l-1", "l-2", "l-3")
         assert await full_timeline(client, "id-x") == items
+
+
+class TestRequestsAppliedTogether:
+    """The pipeline applies the requests waiting in the inbox together, in one transaction: what
+    comes out is what applying them one by one gives."""
+
+    async def test_requests_waiting_together_are_deduped_and_stitched_in_the_order_they_came(self, client, gateway_app, bus):
+        pipeline = gateway_app.state.upstreams["ingest"].app.state.pipeline
+        async with pipeline._lock:  # the pipeline is busy: the three requests wait in the inbox
+            await send_batch(client, [track("w-1", anonymousId="anon-w"), track("w-dup", userId="user-w")])
+            await send_batch(client, [{"type": "identify", "messageId": "w-2", "userId": "user-w", "anonymousId": "anon-w"}])
+            await send_batch(client, [track("w-dup", userId="user-w"),
+                                      {"type": "alias", "messageId": "w-3", "previousId": "user-w", "userId": "user-v"},
+                                      track("w-4", anonymousId="anon-w")])
+        items = await wait_for_events(client, "user-v", "w-1", "w-dup", "w-2", "w-3", "w-4")
+        assert sorted(ids_of(items)) == ["w-1", "w-2", "w-3", "w-4", "w-dup"]  # the retry stored once
+        assert {i["customer_id"] for i in items} == {"user-v"}
+        assert await full_timeline(client, "anon-w") == items == await full_timeline(client, "user-w")
+        linked = await bus.payloads(CUSTOMERS, lambda ps: len(ps) >= 2)
+        into = {p["merged_id"]: p["customer_id"] for p in linked}  # anon-w to user-w or straight to user-v
+        assert sorted(into) == ["anon-w", "user-w"]
+        assert into["user-w"] == "user-v" and into.get(into["anon-w"], into["anon-w"]) == "user-v"
 
 
 class TestErasure:
