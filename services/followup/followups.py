@@ -27,7 +27,16 @@ from services.followup.store import (
     stages,
 )
 from shared.consumer import Transaction
-from shared.events import CustomerErased, FollowupChanged, FunnelStageChanged, SegmentChanged, stable_id, to_iso
+from shared.bus.base import OutgoingRecord
+from shared.events import (
+    CustomerErased,
+    FollowupChanged,
+    FunnelStageChanged,
+    SegmentChanged,
+    record,
+    stable_id,
+    to_iso,
+)
 from shared.identity import chunks, erase, erased_ids, erasure_times, relink
 from shared.keyed_rows import Key, read_keyed, write_keyed
 from shared.outbox import Outbox
@@ -174,18 +183,27 @@ async def create(session: AsyncSession, versioned: Versioned, customer: str, due
                  trigger_key: str, now: datetime, outbox: Outbox, grace: timedelta) -> str | None:
     """A follow-up under a policy, unless this trigger made one already or one is open for the
     customer under the policy. Returns its id, or None."""
-    policy = versioned.policy
-    followup_id = stable_id("followup", trigger_key)
-    row = {"id": followup_id, "policy": policy.key, "policy_version": versioned.version, "customer_id": customer,
-           "channel": policy.channel, "priority": policy.priority, "assignee": policy.assignee, "status": "pending",
-           "due_at": due_at, "created_at": now, "reason": reason, "open_slot": f"{customer}|{policy.key}",
-           "trigger_key": trigger_key}
-    result = await session.execute(insert_ignoring_conflicts(followups, session).values(row))
+    row = new_row(versioned, customer, due_at, reason, trigger_key, now)
+    result = await session.execute(insert_ignoring_conflicts(followups, session), row)
     if not result.rowcount:  # type: ignore[attr-defined]
         return None
-    # The row as inserted (no read back: one statement less per follow-up a batch creates).
+    _publish_created(row, now, outbox, grace)
+    return str(row["id"])
+
+
+def new_row(versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str,
+            now: datetime) -> dict[str, Any]:
+    """The follow-up `trigger_key` creates, pending and open (its id is derived from the trigger)."""
+    policy = versioned.policy
+    return {"id": stable_id("followup", trigger_key), "policy": policy.key, "policy_version": versioned.version,
+            "customer_id": customer, "channel": policy.channel, "priority": policy.priority,
+            "assignee": policy.assignee, "status": "pending", "due_at": due_at, "created_at": now, "reason": reason,
+            "open_slot": f"{customer}|{policy.key}", "trigger_key": trigger_key}
+
+
+def _publish_created(row: dict[str, Any], now: datetime, outbox: Outbox, grace: timedelta) -> None:
+    # The row as inserted (no read back: one statement less per follow-up created).
     _publish_row(SimpleNamespace(**row, completed_at=None, outcome=None, note=None), "created", now, outbox, grace)
-    return followup_id
 
 
 async def create_manual(session: AsyncSession, values: dict[str, Any], now: datetime, outbox: Outbox,
@@ -207,9 +225,21 @@ async def publish(session: AsyncSession, followup_id: str, change: str, at: date
 def _publish_row(row: Any, change: str, at: datetime, outbox: Outbox, grace: timedelta,
                  status: str | None = None) -> dict[str, Any]:
     body = as_json(row, at, grace) | ({"status": status} if status else {})
-    outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=row.id, change=change,  # type: ignore[arg-type]
-                                   policy=row.policy, at=at, followup=body))
+    outbox.add(changed_record(row.customer_id, row.id, change, row.policy, at, body))
     return body
+
+
+def changed_record(customer: str, followup_id: str, change: str, policy: str | None, at: datetime,
+                   body: dict[str, Any]) -> OutgoingRecord:
+    """The FollowupChanged record `encode` would write, without validating and dumping the model:
+    pydantic's dump of the `followup` dict cost more than the rest of creating a follow-up (issue
+    13). The body holds only strings, numbers and None (see as_json), which orjson writes as
+    pydantic does; tests/followup/test_contract.py holds the two to the same bytes."""
+    event = FollowupChanged.model_construct(customer_id=customer, followup_id=followup_id, change=change,
+                                            policy=policy, at=at, followup=body)
+    value = orjson.dumps({"customer_id": customer, "followup_id": followup_id, "change": change, "policy": policy,
+                          "at": to_iso(at), "followup": body})
+    return record(FollowupChanged, event.partition_key(), event.dedupe_key(), value)
 
 
 async def close(session: AsyncSession, where: Any, status: str, now: datetime, outbox: Outbox, grace: timedelta,
@@ -302,8 +332,7 @@ async def sweep(session: AsyncSession, now: datetime, grace: timedelta, urls: li
             reminders = []
             for row in rows:
                 body = as_json(row, now, grace) | {"status": status}
-                outbox.publish(FollowupChanged(customer_id=row.customer_id, followup_id=row.id, change=status,  # type: ignore[arg-type]
-                                               policy=row.policy, at=now, followup=body))
+                outbox.add(changed_record(row.customer_id, row.id, status, row.policy, now, body))
                 reminders += _reminders(row.id, status, body, urls, now)
             for start in range(0, len(reminders), 5000):
                 await session.execute(insert_ignoring_conflicts(deliveries, session), reminders[start:start + 5000])
@@ -360,8 +389,10 @@ def status_filter(status: str, now: datetime, grace: timedelta) -> Any:
 
 class Changes:
     """What a batch of segment and stage changes needs, read in a few statements: erasures, the
-    memberships and stages held, and the policies each customer has a follow-up open under (kept
-    current as the changes create and cancel them)."""
+    memberships and stages held, the policies each customer has a follow-up open under and which
+    of the batch's triggers made a follow-up already (both kept current as the changes create and
+    cancel them). Knowing both, creating needs no statement of its own: the batch's new
+    follow-ups are inserted together (issue 13)."""
 
     def __init__(self, tx: Transaction, grace: timedelta) -> None:
         self.tx, self.session, self.grace = tx, tx.session, grace
@@ -371,8 +402,11 @@ class Changes:
         self.written: dict[Table, tuple[dict[Key, dict[str, Any]], set[Key]]] = {
             memberships: ({}, set()), stages: ({}, set())}
         self.open: defaultdict[str, set[str]] = defaultdict(set)
+        self.used: set[str] = set()  # trigger keys that made a follow-up
+        self.created: list[dict[str, Any]] = []  # rows not inserted yet
 
-    async def read(self, events: list[SegmentChanged | FunnelStageChanged]) -> None:
+    async def read(self, events: list[SegmentChanged | FunnelStageChanged], trigger_keys: list[str]) -> None:
+        """What `events` need; `trigger_keys` are those they may create follow-ups under."""
         customers = sorted({e.customer_id for e in events})
         self.erased = await erasure_times(self.session, erasures, customers)
         self.memberships = await read_keyed(self.session, memberships, "segment", (
@@ -380,6 +414,7 @@ class Changes:
         self.stages = await read_keyed(self.session, stages, "funnel", (
             (e.customer_id, e.funnel) for e in events if isinstance(e, FunnelStageChanged)))
         self.open = await _open_policies(self.session, customers)
+        self.used = await _used_triggers(self.session, trigger_keys)
 
     def is_erased(self, customer: str, at: datetime) -> bool:
         return customer in self.erased and at <= self.erased[customer]
@@ -391,20 +426,33 @@ class Changes:
         held[key] = written[key] = row
 
     async def write(self) -> None:
+        await self._insert_created()
         await write_keyed(self.session, memberships, "segment", *self.written[memberships])
         await write_keyed(self.session, stages, "funnel", *self.written[stages])
 
-    async def create(self, versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str) -> None:
-        if versioned.policy.key in self.open[customer]:
-            return  # one open per customer and policy: create would insert nothing
-        if await create(self.session, versioned, customer, due_at, reason, trigger_key, self.tx.now, self.tx.outbox,
-                        self.grace):
-            self.open[customer].add(versioned.policy.key)
+    def create(self, versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str) -> None:
+        """As `create` does, decided in memory: inserted by `write` (or before a cancel reads the store)."""
+        if versioned.policy.key in self.open[customer] or trigger_key in self.used:
+            return  # one open per customer and policy, one follow-up per trigger
+        row = new_row(versioned, customer, due_at, reason, trigger_key, self.tx.now)
+        self.created.append(row)
+        self.open[customer].add(versioned.policy.key)
+        self.used.add(trigger_key)
+        _publish_created(row, self.tx.now, self.tx.outbox, self.grace)
 
     async def cancel(self, customer: str, policy_keys: list[str], reason: str) -> None:
         if self.open[customer].intersection(policy_keys):
+            await self._insert_created()  # the follow-ups to close may be among them
             await cancel_for(self.session, customer, policy_keys, reason, self.tx.now, self.tx.outbox, self.grace)
             self.open[customer].difference_update(policy_keys)
+
+    async def _insert_created(self) -> None:
+        # A plain insert: both unique keys were checked above, so a conflict means another
+        # transaction won a race, and the batch runs again (ignoring it would publish a
+        # follow-up that is not stored).
+        if self.created:
+            await self.session.execute(insert(followups), self.created)
+            self.created = []
 
 
 async def merge_customer(session: AsyncSession, merged: str, customer: str, now: datetime, outbox: Outbox,
@@ -433,6 +481,14 @@ async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[s
     theirs = select(followups.c.id).where(followups.c.customer_id.in_(await erased_ids(session, links, event)))
     await session.execute(delete(deliveries).where(deliveries.c.followup_id.in_(theirs)))
     return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
+
+
+async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[str]:
+    """The trigger keys that made a follow-up already (redelivered or replayed events)."""
+    found: set[str] = set()
+    for chunk in chunks(sorted(set(trigger_keys))):
+        found.update(await session.scalars(select(followups.c.trigger_key).where(followups.c.trigger_key.in_(chunk))))
+    return found
 
 
 async def _open_policies(session: AsyncSession, customers: list[str]) -> defaultdict[str, set[str]]:

@@ -50,18 +50,40 @@ async def apply_changes(tx: Transaction, grace: timedelta) -> None:
     events: list[SegmentChanged | FunnelStageChanged] = tx.state.pop("followup.changes", [])
     if not events:
         return
-    changes = Changes(tx, grace)
-    await changes.read(events)
     policies = await _policies(tx)
-    for event in events:
+    triggered = [triggered_by(event, policies) for event in events]
+    changes = Changes(tx, grace)
+    await changes.read(events, [key for each in triggered for _, key in each])
+    for event, policies_triggered in zip(events, triggered):
         if isinstance(event, SegmentChanged):
-            await on_segment_changed(event, changes, policies)
+            await on_segment_changed(event, changes, policies, policies_triggered)
         else:
-            await on_stage_changed(event, changes, policies)
+            await on_stage_changed(event, changes, policies, policies_triggered)
     await changes.write()
 
 
-async def on_segment_changed(event: SegmentChanged, changes: Changes, policies: dict[str, Versioned]) -> None:
+Triggered = list[tuple[Versioned, str]]  # the policies an event triggers, each with its trigger key
+
+
+def triggered_by(event: SegmentChanged | FunnelStageChanged, policies: dict[str, Versioned]) -> Triggered:
+    """The policies whose trigger the event is, before anything about the customer is known: the
+    batch reads at once which of these trigger keys made a follow-up already."""
+    if isinstance(event, SegmentChanged):
+        if event.change != "entered":
+            return []
+        kind, matches = "segment", [v for v in policies.values() if v.policy.trigger.on == "segment_entered"
+                                    and v.policy.trigger.segment == event.segment]
+    else:
+        kind, matches = "stage", [v for v in policies.values() if v.policy.trigger.on == "stage_entered"
+                                  and (v.policy.trigger.funnel, v.policy.trigger.stage) == (event.funnel, event.to_stage)]
+    if not matches:
+        return []
+    key = event.dedupe_key()
+    return [(v, f"{kind}|{key}|{v.policy.key}") for v in matches]
+
+
+async def on_segment_changed(event: SegmentChanged, changes: Changes, policies: dict[str, Versioned],
+                             triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
     customer = event.customer_id  # segmentation publishes canonical ids (it merges profiles itself)
@@ -72,18 +94,17 @@ async def on_segment_changed(event: SegmentChanged, changes: Changes, policies: 
     changes.hold(memberships, changes.memberships, key, {"customer_id": customer, "segment": event.segment,
                                                           "member": int(event.change == "entered"), "at": event.at})
     if event.change == "entered":
-        for versioned in policies.values():
-            trigger = versioned.policy.trigger
-            if trigger.on == "segment_entered" and trigger.segment == event.segment:
-                await changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
-                                     f"entered {event.segment}" + (f": {event.reason}" if event.reason else ""),
-                                     f"segment|{event.dedupe_key()}|{versioned.policy.key}")
+        reason = f"entered {event.segment}" + (f": {event.reason}" if event.reason else "")
+        for versioned, trigger_key in triggered:
+            changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours), reason,
+                           trigger_key)
     else:
         cancelled = [key for key, v in policies.items() if v.policy.cancelled_by_exit(event.segment)]
         await changes.cancel(customer, cancelled, f"left {event.segment}")
 
 
-async def on_stage_changed(event: FunnelStageChanged, changes: Changes, policies: dict[str, Versioned]) -> None:
+async def on_stage_changed(event: FunnelStageChanged, changes: Changes, policies: dict[str, Versioned],
+                           triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
     customer = event.customer_id  # the funnel service publishes canonical ids
@@ -101,14 +122,9 @@ async def on_stage_changed(event: FunnelStageChanged, changes: Changes, policies
     if cancelled:
         reason = f"entered {event.funnel}/{event.to_stage}" if event.to_stage else f"left funnel {event.funnel}"
         await changes.cancel(customer, cancelled, reason)
-    if event.to_stage is None:
-        return
-    for versioned in policies.values():
-        trigger = versioned.policy.trigger
-        if trigger.on == "stage_entered" and (trigger.funnel, trigger.stage) == (event.funnel, event.to_stage):
-            await changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
-                                 f"entered {event.funnel}/{event.to_stage}",
-                                 f"stage|{event.dedupe_key()}|{versioned.policy.key}")
+    for versioned, trigger_key in triggered:  # none when the customer left the funnel
+        changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
+                       f"entered {event.funnel}/{event.to_stage}", trigger_key)
 
 
 async def on_hashed_erasure(event: ErasureRecorded, tx: Transaction) -> None:
