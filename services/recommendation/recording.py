@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.recommendation.logic import country_of, facts_of
@@ -52,13 +52,19 @@ async def _keep_countries(session: AsyncSession, latest: dict[str, tuple[float, 
     for chunk in chunks(sorted(latest)):
         held = dict((await session.execute(select(countries.c.customer_id, countries.c.at)
                                            .where(countries.c.customer_id.in_(chunk)))).tuples().all())
-        for customer in chunk:
-            at, country = latest[customer]
-            if customer not in held:
-                await session.execute(insert(countries).values(customer_id=customer, country=country, at=at))
-            elif at >= held[customer]:
-                await session.execute(update(countries).where(countries.c.customer_id == customer)
-                                      .values(country=country, at=at))
+        rows = [{"customer_id": c, "country": latest[c][1], "at": latest[c][0]} for c in chunk]
+        new = [row for row in rows if row["customer_id"] not in held]
+        later = [row for row in rows if row["customer_id"] in held and row["at"] >= held[row["customer_id"]]]
+        if new:
+            await session.execute(insert(countries), new)
+        if later:  # one statement for the chunk, not one per customer
+            await session.execute(_REPLACE_COUNTRY, [{"k_customer": r["customer_id"], "v_country": r["country"],
+                                                      "v_at": r["at"]} for r in later])
+
+
+# Bound names differ from the columns' (SQLAlchemy reserves those for SET values).
+_REPLACE_COUNTRY = (update(countries).where(countries.c.customer_id == bindparam("k_customer"))
+                    .values(country=bindparam("v_country"), at=bindparam("v_at")))
 
 
 async def merge_customer(session: AsyncSession, merged: str, customer: str) -> None:
