@@ -88,6 +88,39 @@ class Funnel:
         }
 
 
+class StageMasks:
+    """`Funnel.stage_mask` for many events at once: what an event's type and name decide is worked
+    out once per (type, name), so only the `where` rules are tested per event (recording a batch
+    tests every event against every stage of every funnel)."""
+
+    def __init__(self, funnel: Funnel) -> None:
+        self.funnel = funnel
+        self._plans: dict[tuple[str, str | None], tuple[int, tuple[tuple[int, tuple[Rule, ...]], ...]]] = {}
+
+    def __call__(self, type_: str, name: str | None, document: dict[str, Any]) -> int:
+        plan = self._plans.get((type_, name))
+        if plan is None:
+            plan = self._plans[(type_, name)] = self._plan(type_, name)
+        mask, conditional = plan
+        for bit, rules in conditional:
+            if any(matches(rule, document) for rule in rules):
+                mask |= bit
+        return mask
+
+    def _plan(self, type_: str, name: str | None) -> tuple[int, tuple[tuple[int, tuple[Rule, ...]], ...]]:
+        """The stages matched whatever the document holds (bits), and per other stage its `where`
+        rules left to test."""
+        fixed, conditional = 0, []
+        for i, stage in enumerate(self.funnel.stages):
+            fitting = [m for m in stage.match if (m.types is None or type_ in m.types)
+                       and (m.events is None or name in m.events)]
+            if any(m.where is None for m in fitting):
+                fixed |= 1 << i
+            elif fitting:
+                conditional.append((1 << i, tuple(m.where for m in fitting if m.where is not None)))
+        return fixed, tuple(conditional)
+
+
 def event_document(properties: dict[str, Any], traits: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """What a stage's `where` reads: the properties, plus `traits.*` and `context.*`."""
     return {**properties, "properties": properties, "traits": traits, "context": context}

@@ -27,6 +27,7 @@ from services.funnel.logic import (
     Attempt,
     Funnel,
     Matched,
+    StageMasks,
     counted_attempt,
     event_document,
     parse_funnel,
@@ -178,8 +179,9 @@ def _within_retention(rows: list[dict[str, Any]], oldest: datetime | None) -> li
 
 def _matches(funnel: Funnel, rows: list[dict[str, object]]) -> list[dict[str, object]]:
     found = []
+    stage_mask = StageMasks(funnel)
     for r in rows:
-        mask = funnel.stage_mask(r["type"], r["name"], r["document"])  # type: ignore[arg-type]
+        mask = stage_mask(r["type"], r["name"], r["document"])  # type: ignore[arg-type]
         if mask:
             found.append({"funnel": funnel.key, "event_id": r["event_id"], "customer_id": r["customer_id"],
                           "at": epoch(r["at"]), "stages": mask, "channel": r["channel"]})  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from services.funnel.logic import (
     LIFECYCLE,
     Funnel,
     Matched,
+    StageMasks,
     counted_attempt,
     event_document,
     parse_funnel,
@@ -220,6 +221,16 @@ class TestLifecycleMatches:
     def test_stage_mask(self, type_: str, name: str | None, traits: dict[str, Any], stages: list[str]) -> None:
         mask = LIFECYCLE.stage_mask(type_, name, event_document({}, traits, {}))
         assert [s.key for i, s in enumerate(LIFECYCLE.stages) if mask >> i & 1] == stages
+
+    def test_batch_masks_agree_with_one_event_masks(self) -> None:
+        """StageMasks (what recording a batch uses) works out type and name once per pair: the
+        same (type, name) with and without the traits a `where` reads still differ."""
+        masks = StageMasks(LIFECYCLE)
+        for type_, name, traits in [("identify", None, {"email": "a@example.com"}), ("identify", None, {}),
+                                    ("identify", None, {"email": "b@example.com"}), ("track", "Signed Up", {}),
+                                    ("track", "Order Completed", {}), ("page", None, {}), ("screen", "Home", {})] * 2:
+            document = event_document({}, traits, {})
+            assert masks(type_, name, document) == LIFECYCLE.stage_mask(type_, name, document)
 
     def test_identify_without_email_does_not_make_interest(self) -> None:
         events = (lifecycle_event("p", 0, "page", "Home"), lifecycle_event("i", 1, "identify", traits={"plan": "pro"}))
