@@ -94,10 +94,10 @@ def normalize(
     try:
         if not isinstance(raw, dict):
             raise Invalid(f"a message must be a JSON object, not {json_type(raw)}")
-        _check_nesting(raw)
+        encoded = _encoded(raw)
         if batch_problem:
             raise Invalid(batch_problem)
-        size = len(orjson.dumps(raw))
+        size = len(encoded)
         if size > max_bytes:
             raise Invalid(f"message is {size} bytes; the limit is {max_bytes} bytes")
         if size + batch_context_bytes > max_bytes:
@@ -106,6 +106,21 @@ def normalize(
         return _normalize(raw, received_at, path_type, batch_context or {}, batch_sent_at)
     except Invalid as exc:
         return Rejection(index, message_id, str(exc), raw)
+
+
+def _encoded(raw: dict[str, Any]) -> bytes:
+    """The message as JSON (its size counts), once its nesting is known to be within bounds.
+    Each level of nesting opens a bracket, so a message with at most MAX_NESTING + 1 of them
+    (a usual one has a handful) needs no walk through its levels: on every message's path, the
+    walk cost more than the rest of the checks together."""
+    try:
+        encoded = orjson.dumps(raw)
+    except orjson.JSONEncodeError:
+        _check_nesting(raw)  # deeper than orjson writes: say how deep
+        raise
+    if encoded.count(b"{") + encoded.count(b"[") > MAX_NESTING + 1:
+        _check_nesting(raw)
+    return encoded
 
 
 def _check_nesting(raw: dict[str, Any]) -> None:

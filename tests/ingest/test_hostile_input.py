@@ -193,6 +193,14 @@ class TestNestingDepth:
         [item] = await wait_for_events(client, "u-deep-ok", "deep-ok")
         assert item["properties"] == properties
 
+    async def test_many_objects_side_by_side_are_not_depth(self, client):
+        """Hundreds of brackets (items of an order, braces inside text) at a shallow depth."""
+        properties = {"items": [{"sku": f"S-{i}", "tags": [i]} for i in range(200)], "note": "{[" * 300}
+        answer = await send_deep_batch(client, [track("wide-ok", userId="u-wide", properties=properties)])
+        assert answer == {"success": True, "accepted": 1, "rejected": []}
+        [item] = await wait_for_events(client, "u-wide", "wide-ok")
+        assert item["properties"] == properties
+
     async def test_a_single_track_nested_600_levels_is_a_200_that_rejects_it(self, client):
         response = await send_deep(client, "/v1/track", track("deep-one", userId="u-one", properties=nested(600)))
         assert response.status_code == 200, response.text
