@@ -47,14 +47,13 @@ async def evaluate_customers(
     chunk, whatever its size). Returns how many memberships changed."""
     changed = 0
     since = now - timedelta(days=t.frequency_window_days)
+    recent = (select(func.count()).where(orders.c.customer_id == profiles.c.customer_id, orders.c.at > since)
+              .scalar_subquery().label("recent_orders"))
     for chunk in chunks(customer_ids):
         rows = (await session.execute(
-            select(profiles.c.customer_id, profiles.c.order_count, profiles.c.last_order_at, profiles.c.nps_score)
+            select(profiles.c.customer_id, profiles.c.order_count, profiles.c.last_order_at, profiles.c.nps_score, recent)
             .where(profiles.c.customer_id.in_(chunk)))).all()
-        recent = dict((await session.execute(
-            select(orders.c.customer_id, func.count()).where(orders.c.customer_id.in_(chunk), orders.c.at > since)
-            .group_by(orders.c.customer_id))).all())
-        wanted = [Wanted(r.customer_id, _customer_segments(r.order_count, r.last_order_at, recent.get(r.customer_id, 0), now, t)
+        wanted = [Wanted(r.customer_id, _customer_segments(r.order_count, r.last_order_at, r.recent_orders, now, t)
                          | nps_segment(r.nps_score)) for r in rows]
         changed += await apply(session, wanted, CUSTOMER_FAMILIES, now, outbox)
     return changed

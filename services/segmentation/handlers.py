@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from services.segmentation.custom import evaluate_custom
 from services.segmentation.evaluation import evaluate_customers
 from services.segmentation.logic import Thresholds
-from services.segmentation.recording import merge_customer, record_interactions, record_stage_moves
+from services.segmentation.recording import identities, merge_customer, record_interactions, record_stage_moves
 from services.segmentation.store import bus_tables, customer_tables, erasures, links
 from shared.consumer import Handlers, Transaction, handlers_of, on
 from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, Interaction
@@ -46,13 +46,7 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
 
     async def on_interaction(event: Interaction, tx: Transaction) -> None:
         batch(tx).interactions.append(event)
-
-        async def record() -> None:
-            events, batch(tx).interactions = batch(tx).interactions, []
-            for customer in await record_interactions(tx.session, events, tx.now, retention_days):
-                evaluate(customer, tx)
-
-        tx.defer("segmentation.record", record)
+        tx.defer("segmentation.record", lambda: record(tx))
 
     async def on_linked(event: CustomerLinked, tx: Transaction) -> None:
         await record_stages(tx)  # the stage changes before it first, as they came
@@ -63,12 +57,23 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
         """The customer's latest stage per funnel (latest recorded move, so late ones do not win),
         kept for the whole batch at once before its end (or before a link or erasure in it)."""
         batch(tx).stages.append(event)
-        tx.defer("segmentation.stages", lambda: record_stages(tx))
+        tx.defer("segmentation.record", lambda: record(tx))
+
+    async def record(tx: Transaction) -> None:
+        """The batch's stage moves and interactions, with one read of the ids erased or merged."""
+        moves, batch(tx).stages = batch(tx).stages, []
+        events, batch(tx).interactions = batch(tx).interactions, []
+        known = await identities(tx.session, events, moves)
+        changed = await record_stage_moves(tx.session, moves, known) if moves else set()
+        if events:
+            changed |= await record_interactions(tx.session, events, tx.now, retention_days, known)
+        for customer in changed:
+            evaluate(customer, tx)
 
     async def record_stages(tx: Transaction) -> None:
-        events, batch(tx).stages = batch(tx).stages, []
-        if events:
-            for customer in await record_stage_moves(tx.session, events):
+        moves, batch(tx).stages = batch(tx).stages, []
+        if moves:
+            for customer in await record_stage_moves(tx.session, moves, await identities(tx.session, [], moves)):
                 evaluate(customer, tx)
 
     async def on_erased(event: CustomerErased, tx: Transaction) -> None:

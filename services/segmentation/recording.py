@@ -9,6 +9,7 @@ the orders table, so late and repeated events give the same profile as events in
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ from services.segmentation.store import (
     survey_answers,
 )
 from shared.events import FunnelStageChanged, Interaction
-from shared.identity import canonical_ids, chunks, erasure_times, later_move, merge_traits, not_erased, relink
+from shared.identity import canonical_ids, chunks, erasure_times, later_move, merge_traits, relink
 from shared.keyed_rows import read_keyed, write_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
@@ -59,14 +60,39 @@ def order_amount(properties: dict[str, Any]) -> float:
     return 0.0
 
 
+@dataclass(frozen=True)
+class Identities:
+    """What the store knows of a batch's ids: when each erased one was erased, and the customer
+    each merged one names now. Read once for a batch's interactions and stage moves together."""
+
+    erased: dict[str, datetime]
+    canonical: dict[str, str]
+
+    def named(self, customer_id: str) -> str:
+        return self.canonical.get(customer_id, customer_id)
+
+    def erased_since(self, at: datetime, *ids: str | None) -> bool:
+        """Was one of these ids erased at or after `at`? An event then about it is dropped (late or
+        replayed): a tombstone keeps an erased customer from coming back."""
+        return any(i in self.erased and at <= self.erased[i] for i in ids if i)
+
+
+async def identities(session: AsyncSession, interactions: list[Interaction], moves: list[FunnelStageChanged]) -> Identities:
+    """Erasures of every id the events name, and links of the customers they are about."""
+    named = [i for e in interactions for i in (e.customer_id, e.user_id, e.anonymous_id)]
+    customers = {e.customer_id for e in interactions} | {e.customer_id for e in moves}
+    erased = await erasure_times(session, erasures, [*named, *customers])
+    return Identities(erased, await canonical_ids(session, links, customers))
+
+
 async def record_interactions(session: AsyncSession, events: list[Interaction], now: datetime,
-                              retention_days: float) -> set[str]:
-    """Apply the events; returns the (canonical) customers whose profile changed."""
-    events = await not_erased(session, erasures, events)
-    canonical = await canonical_ids(session, links, {e.customer_id for e in events})
+                              retention_days: float, known: Identities) -> set[str]:
+    """Apply the events (`known`: `identities` of them); returns the (canonical) customers whose
+    profile changed."""
     by_customer: dict[str, list[Interaction]] = defaultdict(list)
     for event in events:
-        by_customer[canonical.get(event.customer_id, event.customer_id)].append(event)
+        if not known.erased_since(event.occurred_at, event.customer_id, event.user_id, event.anonymous_id):
+            by_customer[known.named(event.customer_id)].append(event)
     await _fold_profiles(session, by_customer)
     placed = [(customer, e) for customer, evs in by_customer.items() for e in evs]
     order_rows = [{"event_id": e.event_id, "customer_id": c, "at": e.occurred_at, "amount": order_amount(e.properties)}
@@ -80,7 +106,7 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
           "properties": orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name else e.properties)}
          for c, e in placed if (name := e.name if e.type == "track" else VIEW_EVENTS.get(e.type))],
         now, retention_days)
-    if behaviour_rows:
+    if behaviour_rows:  # no trigger marks these customers' facts changed: their profile write above did
         await session.execute(insert_ignoring_conflicts(customer_events, session), behaviour_rows)
     return set(by_customer)
 
@@ -155,16 +181,15 @@ def _combined(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
 
 
 async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
-    """Order count, revenue and last order of these customers, from their orders."""
+    """Order count, revenue and last order of these customers, from their orders: one UPDATE per
+    chunk that sums where the rows are (no round trip of the totals through Python)."""
+    theirs = orders.c.customer_id == profiles.c.customer_id
+    totals = {"order_count": select(func.count()).where(theirs),
+              "revenue": select(func.coalesce(func.sum(orders.c.amount), 0.0)).where(theirs),
+              "last_order_at": select(func.max(orders.c.at)).where(theirs)}
     for chunk in chunks(customers):
-        totals = (await session.execute(
-            select(orders.c.customer_id, func.count(), func.coalesce(func.sum(orders.c.amount), 0.0), func.max(orders.c.at))
-            .where(orders.c.customer_id.in_(chunk)).group_by(orders.c.customer_id))).tuples().all()
-        if totals:
-            await session.execute(
-                update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id")).values(
-                    order_count=bindparam("b_count"), revenue=bindparam("b_revenue"), last_order_at=bindparam("b_last")),
-                [{"b_customer_id": c, "b_count": n, "b_revenue": float(r), "b_last": last} for c, n, r, last in totals])
+        await session.execute(update(profiles).where(profiles.c.customer_id.in_(chunk))
+                              .values({column: total.scalar_subquery() for column, total in totals.items()}))
 
 
 class StageMove(NamedTuple):
@@ -197,14 +222,13 @@ async def keep_later_stages(session: AsyncSession, moves: list[StageMove]) -> se
     return {customer for customer, _ in written}
 
 
-async def record_stage_moves(session: AsyncSession, events: list[FunnelStageChanged]) -> set[str]:
+async def record_stage_moves(session: AsyncSession, events: list[FunnelStageChanged], known: Identities) -> set[str]:
     """Each move, in order, replaces the held stage of its (canonical customer, funnel) if it is
-    the later one; moves about a customer erased after them are dropped. Returns who moved."""
-    erased = await erasure_times(session, erasures, (e.customer_id for e in events))
-    events = [e for e in events if not (e.customer_id in erased and e.at <= erased[e.customer_id])]
-    canonical = await canonical_ids(session, links, (e.customer_id for e in events))
+    the later one; moves about a customer erased after them are dropped (`known`: `identities` of
+    them). Returns who moved."""
     return await keep_later_stages(session, [
-        StageMove(canonical.get(e.customer_id, e.customer_id), e.funnel, e.to_stage, e.at, e.order) for e in events])
+        StageMove(known.named(e.customer_id), e.funnel, e.to_stage, e.at, e.order)
+        for e in events if not known.erased_since(e.at, e.customer_id)])
 
 
 async def merge_customer(session: AsyncSession, merged_id: str, customer: str, now: datetime, outbox: Outbox) -> None:

@@ -144,7 +144,8 @@ survey_answers = Table(
 
 # Whose facts changed, and when (a version in commit order), for the facts previews keep in memory
 # (facts_index.py). Written only by triggers (migration 0009) on profiles, customer_events,
-# memberships and funnel_stages; a profile deleted or renamed moves the generation instead.
+# memberships and funnel_stages; a profile deleted or renamed moves the generation instead. An
+# insert into customer_events has none (migration 0010): its customer's profile is written with it.
 fact_changes = Table(
     "fact_changes",
     metadata,
