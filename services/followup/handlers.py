@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from services.followup.followups import Changes, Versioned, current_policies, erase_customer, merge_customer
 from services.followup.store import erasures, memberships, stages
+from services.followup.triggers import Triggers
 from shared.consumer import Handlers, Transaction, handlers_of, on
 from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, SegmentChanged
 from shared.identity import drop_outgoing_about, later_move, on_erasure_recorded
@@ -37,12 +38,12 @@ def make_handlers(grace: timedelta) -> Handlers:
                        on(CustomerErased, erased), on(ErasureRecorded, on_hashed_erasure))
 
 
-async def _policies(tx: Transaction) -> dict[str, Versioned]:
+async def _triggers(tx: Transaction) -> Triggers:
     """The policies in force, read once per consumed batch (a first scheduled pass in segmentation
     publishes hundreds of thousands of segment changes; policies change only through the API)."""
-    if "followup.policies" not in tx.state:
-        tx.state["followup.policies"] = await current_policies(tx.session)
-    found: dict[str, Versioned] = tx.state["followup.policies"]
+    if "followup.triggers" not in tx.state:
+        tx.state["followup.triggers"] = Triggers(await current_policies(tx.session))
+    found: Triggers = tx.state["followup.triggers"]
     return found
 
 
@@ -50,39 +51,37 @@ async def apply_changes(tx: Transaction, grace: timedelta) -> None:
     events: list[SegmentChanged | FunnelStageChanged] = tx.state.pop("followup.changes", [])
     if not events:
         return
-    policies = await _policies(tx)
-    triggered = [triggered_by(event, policies) for event in events]
+    triggers = await _triggers(tx)
+    triggered = [triggered_by(event, triggers) for event in events]
     changes = Changes(tx, grace)
     await changes.read(events, [key for each in triggered for _, key in each])
     for event, policies_triggered in zip(events, triggered):
         if isinstance(event, SegmentChanged):
-            await on_segment_changed(event, changes, policies, policies_triggered)
+            await on_segment_changed(event, changes, triggers, policies_triggered)
         else:
-            await on_stage_changed(event, changes, policies, policies_triggered)
+            await on_stage_changed(event, changes, triggers, policies_triggered)
     await changes.write()
 
 
 Triggered = list[tuple[Versioned, str]]  # the policies an event triggers, each with its trigger key
 
 
-def triggered_by(event: SegmentChanged | FunnelStageChanged, policies: dict[str, Versioned]) -> Triggered:
+def triggered_by(event: SegmentChanged | FunnelStageChanged, triggers: Triggers) -> Triggered:
     """The policies whose trigger the event is, before anything about the customer is known: the
     batch reads at once which of these trigger keys made a follow-up already."""
     if isinstance(event, SegmentChanged):
         if event.change != "entered":
             return []
-        kind, matches = "segment", [v for v in policies.values() if v.policy.trigger.on == "segment_entered"
-                                    and v.policy.trigger.segment == event.segment]
+        kind, matches = "segment", triggers.created_by_entry(event.segment)
     else:
-        kind, matches = "stage", [v for v in policies.values() if v.policy.trigger.on == "stage_entered"
-                                  and (v.policy.trigger.funnel, v.policy.trigger.stage) == (event.funnel, event.to_stage)]
+        kind, matches = "stage", triggers.created_by_stage(event.funnel, event.to_stage)
     if not matches:
         return []
     key = event.dedupe_key()
     return [(v, f"{kind}|{key}|{v.policy.key}") for v in matches]
 
 
-async def on_segment_changed(event: SegmentChanged, changes: Changes, policies: dict[str, Versioned],
+async def on_segment_changed(event: SegmentChanged, changes: Changes, triggers: Triggers,
                              triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
@@ -99,11 +98,10 @@ async def on_segment_changed(event: SegmentChanged, changes: Changes, policies: 
             changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours), reason,
                            trigger_key)
     else:
-        cancelled = [key for key, v in policies.items() if v.policy.cancelled_by_exit(event.segment)]
-        await changes.cancel(customer, cancelled, f"left {event.segment}")
+        await changes.cancel(customer, triggers.cancelled_by_exit(event.segment), f"left {event.segment}")
 
 
-async def on_stage_changed(event: FunnelStageChanged, changes: Changes, policies: dict[str, Versioned],
+async def on_stage_changed(event: FunnelStageChanged, changes: Changes, triggers: Triggers,
                            triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
@@ -114,11 +112,7 @@ async def on_stage_changed(event: FunnelStageChanged, changes: Changes, policies
         return  # late: a newer move is held
     changes.hold(stages, changes.stages, key, {"customer_id": customer, "funnel": event.funnel,
                                                "stage": event.to_stage, "since": event.at, "seq": event.order})
-    # A customer who moved on is no longer stalled where they were; a cancelling stage closes too.
-    cancelled = [k for k, v in policies.items()
-                 if (event.to_stage is not None and v.policy.cancelled_by_stage(event.funnel, event.to_stage))
-                 or (v.policy.trigger.on == "stage_stalled" and v.policy.trigger.funnel == event.funnel
-                     and v.policy.trigger.stage != event.to_stage)]
+    cancelled = triggers.cancelled_by_move(event.funnel, event.to_stage)
     if cancelled:
         reason = f"entered {event.funnel}/{event.to_stage}" if event.to_stage else f"left funnel {event.funnel}"
         await changes.cancel(customer, cancelled, reason)

@@ -37,7 +37,9 @@ def shape(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 def changes(events: list[dict[str, Any]], customer: str) -> list[tuple[str, str]]:
-    return [(e["change"], e["policy"]) for e in events if e["customer_id"] == customer]
+    """The customer's published changes in order per policy (segment and stage changes come on two
+    topics, which the consumer may take in either order)."""
+    return sorted(((e["change"], e["policy"]) for e in events if e["customer_id"] == customer), key=lambda c: c[1])
 
 
 class TestManyChangesOfOneCustomerInOneBatch:
