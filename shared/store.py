@@ -81,6 +81,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    # On SQLite every datetime bound goes through here (several per event in every consumer), and
+    # SQLAlchemy's DATETIME formats it in Python. The same text ("2026-12-01 04:18:36.703223") from
+    # datetime's own isoformat, in C, takes about two thirds of the time.
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def to_text(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+            return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return to_text
+
 
 def dialect_of(db: AsyncSession | AsyncConnection) -> str:
     """The dialect's name ("postgresql" or "sqlite") of a session or a connection."""
