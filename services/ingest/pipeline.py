@@ -43,10 +43,10 @@ from shared.service import Runtime
 
 log = logging.getLogger("funnelstream.ingest.pipeline")
 
-# A transaction applies the oldest inbox rows (requests), at most this many, and about this much
-# of their messages (JSON, at least one row): ~2,500 usual events whether requests carry one
-# event or a hundred, and a few MB in memory whatever their size.
-ROWS_PER_TRANSACTION = 1000
+# A transaction applies the oldest inbox rows (requests), at most this many, and at most this much
+# of their messages (JSON, at least one row): a few MB in memory whatever the requests' size, and
+# ~2,500 events when requests carry a hundred (with one each, 200).
+ROWS_PER_TRANSACTION = 200
 BYTES_PER_TRANSACTION = 2_000_000
 ROWS_BESIDE_REQUESTS = 2  # a transaction's rows while requests keep coming
 MAX_ATTEMPTS = 3
@@ -191,19 +191,19 @@ class Pipeline:
 
 async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> list[Row[Any]]:
     """The oldest inbox rows, at most `rows` and BYTES_PER_TRANSACTION of messages (at least
-    one row). Their sizes first, so no more messages are read than the transaction applies."""
-    sizes = (await db.execute(
-        select(inbox.c.id, func.length(inbox.c.messages)).order_by(inbox.c.id).limit(rows))).all()
-    ids = _within_bytes(sizes)
+    one row). Their sizes first, so no more messages are read than the transaction applies.
+    PostgreSQL: the rows sized are locked, skipping locked ones, so replicas take different rows
+    side by side; those sized and not taken are free again at commit."""
+    sizes = select(inbox.c.id, func.length(inbox.c.messages)).order_by(inbox.c.id).limit(rows)
+    if not runtime.store.is_sqlite:
+        sizes = sizes.with_for_update(skip_locked=True)
+    ids = _within_bytes((await db.execute(sizes)).all())
     if not ids:
         return []
-    query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
-    if not runtime.store.is_sqlite:  # replicas take different rows side by side
-        query = query.with_for_update(skip_locked=True)
-    return list((await db.execute(query)).all())
+    return list((await db.execute(select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id))).all())
 
 
-def _within_bytes(sizes: Sequence[Row[tuple[int, int]]]) -> list[int]:
+def _within_bytes(sizes: Sequence[tuple[int, int]]) -> list[int]:
     """The ids of the first rows whose messages add up to at most BYTES_PER_TRANSACTION (the
     first row whatever its size)."""
     ids, total = [], 0
