@@ -25,9 +25,9 @@ def make_handlers(retention_days: float) -> Handlers:
 
     def schedule_recount(tx: Transaction) -> None:
         async def recount_dirty() -> None:
-            dirty, pending(tx).dirty = pending(tx).dirty, Pending().dirty
+            dirty, appended = pending(tx).take_recounts()
             for funnel in await definitions(tx.session, sorted(dirty)):
-                await recount(tx.session, funnel, sorted(dirty[funnel.key]), tx.now, tx.outbox)
+                await recount(tx.session, funnel, sorted(dirty[funnel.key]), tx.now, tx.outbox, appended)
 
         tx.defer("funnel.recount", recount_dirty)
 
@@ -45,6 +45,7 @@ def make_handlers(retention_days: float) -> Handlers:
         """The merged id's events and matches become the customer's; their paths are one now."""
         await record_segments(tx)  # the segment changes before it first, as they came
         await merge_customer(tx.session, event.merged_id, event.customer_id)
+        pending(tx).whole.add(event.customer_id)  # another id's history is theirs now: recounted whole
         for funnel in await definitions(tx.session):
             pending(tx).dirty[funnel.key].add(event.customer_id)
         schedule_recount(tx)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.logic import (
@@ -24,6 +24,7 @@ from services.funnel.logic import (
     BUILT_INS,
     DAY,
     JOURNEY_TYPES,
+    NO_ATTEMPT,
     Attempt,
     Funnel,
     Matched,
@@ -120,11 +121,37 @@ async def remove_funnel(session: AsyncSession, funnel: Funnel, now: datetime, ou
 
 
 @dataclass
+class Appended:
+    """What one batch added for a customer, only rows whose insert was kept (no copy stored
+    before): their journey steps, the revenue of those events, and per funnel the matched events
+    and whether all of them come after every match stored before. With it, a recount can advance
+    the stored attempt instead of reading the customer's whole history (see `_advanced`)."""
+
+    steps: list[list[Any]] = field(default_factory=list)
+    revenues: dict[str, float] = field(default_factory=dict)
+    matched: dict[str, list[Matched]] = field(default_factory=lambda: defaultdict(list))
+    after_stored: dict[str, bool] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)  # of the matched events
+    stored_until: float | None = None  # the customer's latest event stored before (any type; None: unknown)
+
+
+@dataclass
 class Pending:
-    """A batch's work: interactions to record, then (funnel, customer) pairs to recount."""
+    """A batch's work: interactions to record, then (funnel, customer) pairs to recount; what the
+    batch appended per customer, and the customers to recount from their whole history anyway
+    (linked in this batch: another id's history became theirs)."""
 
     interactions: list[Interaction] = field(default_factory=list)
     dirty: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    appended: dict[str, Appended] = field(default_factory=lambda: defaultdict(Appended))
+    whole: set[str] = field(default_factory=set)
+
+    def take_recounts(self) -> tuple[dict[str, set[str]], dict[str, Appended]]:
+        """The pairs to recount and what was appended for the customers not to recount whole;
+        both start empty again (what a later recount sees is stored by then)."""
+        dirty, appended = self.dirty, {c: a for c, a in self.appended.items() if c not in self.whole}
+        self.dirty, self.appended, self.whole = defaultdict(set), defaultdict(Appended), set()
+        return dirty, appended
 
 
 def epoch(at: datetime) -> float:
@@ -146,17 +173,84 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
     if not rows:
         return
     copies = _within_retention(rows, horizon(now, retention_days))
-    if copies:
-        await session.execute(insert_ignoring_conflicts(events, session),
-                              [{**r, "document": orjson.dumps(r["document"])} for r in copies])
+    # With a retention, the cleanup drops journey steps that only a whole recount leaves out.
+    appending = retention_days <= 0
+    latest = await _latest_events(session, sorted({str(r["customer_id"]) for r in copies})) if appending else {}
+    kept = await _insert_kept(session, events, [{**r, "document": orjson.dumps(r["document"])} for r in copies])
+    if appending:
+        _append_steps(pending, _first_copies([r for r in copies if r["event_id"] in kept]), latest)
     await _record_traits(session, [(r["customer_id"], e) for r, e in zip(rows, batch, strict=True) if e.traits])
     on_journeys = {str(r["customer_id"]) for r in rows if r["type"] in JOURNEY_TYPES}
     for funnel in await definitions(session):
         matched = _matches(funnel, rows)
         if matched:
-            await session.execute(insert_ignoring_conflicts(matches, session), matched)
+            if appending:
+                latest = await _latest_matches(session, funnel.key, sorted({str(m["customer_id"]) for m in matched}))
+            kept = await _insert_kept(session, matches, matched)
+            if appending:
+                _append_matches(pending, funnel.key, _first_copies([m for m in matched if m["event_id"] in kept]), latest)
             pending.dirty[funnel.key] |= {m["customer_id"] for m in matched}
         pending.dirty[funnel.key] |= on_journeys  # an event inside an attempt's window changes its journey
+
+
+async def _insert_kept(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the rows, skipping those whose key is already stored (a redelivery, or the same
+    event twice); the event ids of the rows kept."""
+    if not rows:
+        return set()
+    inserted = await session.execute(insert_ignoring_conflicts(table, session).returning(table.c.event_id), rows)
+    return set(inserted.scalars())
+
+
+def _first_copies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows an insert kept: the first of those with one event id (the same event twice in a batch)."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(str(r["event_id"]), r)
+    return list(first.values())
+
+
+def _append_steps(pending: Pending, kept: list[dict[str, Any]], latest: dict[str, float]) -> None:
+    """The journey steps and revenues of the events whose copy this batch stored, and when each
+    customer's latest event stored before is (-inf: none)."""
+    for r in kept:
+        appended = pending.appended[r["customer_id"]]
+        before = latest.get(r["customer_id"], -math.inf)
+        appended.stored_until = before if appended.stored_until is None else max(appended.stored_until, before)
+        if r["type"] in JOURNEY_TYPES:
+            appended.steps.append([epoch(r["at"]), r["event_id"], r["type"], step_name(r["type"], r["name"]), r["channel"]])
+        if (value := revenue(r["document"])) is not None:
+            appended.revenues[r["event_id"]] = value
+
+
+def _append_matches(pending: Pending, funnel: str, kept: list[dict[str, Any]], latest: dict[str, float]) -> None:
+    """The funnel's matches this batch stored, per customer, and whether each customer's all come
+    after their latest match stored before (-inf: none)."""
+    for m in kept:
+        customer = str(m["customer_id"])
+        appended = pending.appended[customer]
+        appended.matched[funnel].append(Matched(m["at"], m["event_id"], m["stages"]))  # type: ignore[arg-type]
+        appended.channels[str(m["event_id"])] = str(m["channel"])
+        after = m["at"] > latest.get(customer, -math.inf)  # type: ignore[operator]
+        appended.after_stored[funnel] = appended.after_stored.get(funnel, True) and after
+
+
+async def _latest_events(session: AsyncSession, customers: list[str]) -> dict[str, float]:
+    """The time of each customer's latest event stored (none: no event)."""
+    found: dict[str, float] = {}
+    for chunk in chunks(customers):
+        found |= {c: epoch(at) for c, at in await session.execute(select(events.c.customer_id, func.max(events.c.at)).where(
+            events.c.customer_id.in_(chunk)).group_by(events.c.customer_id))}
+    return found
+
+
+async def _latest_matches(session: AsyncSession, funnel: str, customers: list[str]) -> dict[str, float]:
+    """The time of each customer's latest match stored in the funnel (none: not there)."""
+    found: dict[str, float] = {}
+    for chunk in chunks(customers):
+        found |= dict((await session.execute(select(matches.c.customer_id, func.max(matches.c.at)).where(
+            matches.c.funnel == funnel, matches.c.customer_id.in_(chunk)).group_by(matches.c.customer_id))).tuples().all())
+    return found
 
 
 def horizon(now: datetime, retention_days: float) -> datetime | None:
@@ -315,34 +409,26 @@ async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[s
     return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
 
 
-async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox) -> int:
+async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], now: datetime, outbox: Outbox,
+                  appended: dict[str, Appended] | None = None) -> int:
     """Each customer's counted attempt from their matched events; transitions for stage changes.
-    Returns how many customers changed stage."""
+    What this batch stored for a customer (`appended`) spares reading their whole history where it
+    gives the same (see `_recounted`). Returns how many customers changed stage."""
     changed = 0
     version = await next_version(session, funnel.key)
     for chunk in chunks(sorted(customers)):
-        matched: dict[str, list[Matched]] = defaultdict(list)
-        channels: dict[str, str] = {}
-        for r in await session.execute(select(matches.c.customer_id, matches.c.event_id, matches.c.at, matches.c.stages,
-                                              matches.c.channel)
-                                       .where(matches.c.funnel == funnel.key, matches.c.customer_id.in_(chunk))):
-            matched[r.customer_id].append(Matched(r.at, r.event_id, r.stages))
-            channels[r.event_id] = r.channel
         held = {r.customer_id: r for r in await session.execute(
             select(attempts).where(attempts.c.funnel == funnel.key, attempts.c.customer_id.in_(chunk)))}
-        counted = {customer: counted_attempt(funnel, matched.get(customer, [])) for customer in chunk}
-        journeys = await _journey_events(session, [c for c in chunk if counted[c].depth])
-        revenues = await _revenues(session, [e.event_id for a in counted.values() for e in a.events])
+        counted = await _recounted(session, funnel, chunk, held, appended or {})
         new, moved, gone, moves = [], [], [], []
         for customer in chunk:
-            attempt = counted[customer]
+            attempt, row = counted[customer]
             before = held.get(customer)
-            if attempt.depth == 0:
+            if row is None:
                 if before is not None and before.depth > 0:
                     gone.append(customer)
             else:
-                row = {**_row(funnel, customer, attempt, channels),
-                       "journey": _journey(funnel, attempt, journeys.get(customer, []), revenues), "version": version.number}
+                row["version"] = version.number
                 if before is None:
                     new.append(row)
                 elif before.event_ids != row["event_ids"] or before.journey != row["journey"]:
@@ -365,6 +451,107 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
     return changed
 
 
+# A customer's counted attempt and its attempts row without the version (None: they hold no stage).
+Recounted = tuple[Attempt, dict[str, object] | None]
+
+
+async def _recounted(session: AsyncSession, funnel: Funnel, customers: list[str], held: dict[str, Any],
+                     appended: dict[str, Appended]) -> dict[str, Recounted]:
+    """Each customer's counted attempt and row. The usual batch adds events after everything stored
+    for a customer: then their stored attempt is advanced (`_advanced`), or the attempt counted from
+    the appended matches alone (`_started`), instead of counting from every matched event again."""
+    advanced = {c: found for c in customers if c in appended
+                and (found := _advanced(funnel, c, held.get(c), appended[c])) is not None}
+    started = {c: found for c in customers if c in appended and c not in advanced
+               and (found := _started(funnel, held.get(c), appended[c])) is not None}
+    new = {c: found for c, attempt in started.items() if (found := _new_row(funnel, c, attempt, appended[c])) is not None}
+    channels = {event_id: channel for c in started for event_id, channel in appended[c].channels.items()}
+    counted = {c: a for c, a in started.items() if c not in new} | await _counted(
+        session, funnel, [c for c in customers if c not in advanced and c not in started], channels)
+    return advanced | new | await _with_journeys(session, funnel, counted, channels)
+
+
+async def _counted(session: AsyncSession, funnel: Funnel, customers: list[str], channels: dict[str, str]) -> dict[str, Attempt]:
+    """From every matched event of the customers (their channels join `channels`)."""
+    matched: dict[str, list[Matched]] = defaultdict(list)
+    if customers:
+        for r in await session.execute(select(matches.c.customer_id, matches.c.event_id, matches.c.at, matches.c.stages,
+                                              matches.c.channel)
+                                       .where(matches.c.funnel == funnel.key, matches.c.customer_id.in_(customers))):
+            matched[r.customer_id].append(Matched(r.at, r.event_id, r.stages))
+            channels[r.event_id] = r.channel
+    return {customer: counted_attempt(funnel, matched.get(customer, [])) for customer in customers}
+
+
+async def _with_journeys(session: AsyncSession, funnel: Funnel, counted: dict[str, Attempt],
+                         channels: dict[str, str]) -> dict[str, Recounted]:
+    """The rows of the counted attempts, journeys and revenues read back."""
+    journeys = await _journey_events(session, [c for c, a in counted.items() if a.depth])
+    revenues = await _revenues(session, [e.event_id for a in counted.values() for e in a.events])
+    return {customer: (attempt, {**_row(funnel, customer, attempt, channels),
+                                 "journey": _journey(funnel, attempt, journeys.get(customer, []), revenues)}
+                       if attempt.depth else None)
+            for customer, attempt in counted.items()}
+
+
+def _started(funnel: Funnel, held: Any, appended: Appended) -> Attempt | None:
+    """For a customer holding no stage, the attempt counted from the appended matches alone, when
+    they all come after every stored match (None otherwise). Holding no stage, the stored matches
+    hold no first stage; so an attempt starts at an appended match and goes on with later ones."""
+    if held is not None and held.depth > 0:
+        return None
+    added = appended.matched.get(funnel.key, [])
+    if not added:
+        return NO_ATTEMPT  # nothing new in this funnel: still no stage
+    return counted_attempt(funnel, added) if appended.after_stored[funnel.key] else None
+
+
+def _new_row(funnel: Funnel, customer: str, attempt: Attempt, appended: Appended) -> Recounted | None:
+    """A started attempt's row from what the batch appended alone, when every event stored before
+    comes before the attempt starts (so none is in its journey); None otherwise."""
+    if attempt.depth == 0:
+        return attempt, None
+    if appended.stored_until is None or appended.stored_until >= attempt.times[0]:
+        return None
+    return attempt, {**_row(funnel, customer, attempt, appended.channels),
+                     "journey": _journey(funnel, attempt, sorted(appended.steps, key=_step_order), appended.revenues)}
+
+
+def _step_order(step: list[Any]) -> tuple[float, str]:
+    return step[0], step[1]
+
+
+def _advanced(funnel: Funnel, customer: str, held: Any, appended: Appended) -> Recounted | None:
+    """The stored attempt advanced by what the batch appended, where that is what a whole recount
+    gives; None where it may not be (the customer is then recounted whole).
+
+    It is when the funnel has no per-stage windows and the appended matches all come after every
+    stored match and within the stored attempt's window: an attempt starting elsewhere, or using
+    other stored events, never reaches further or earlier than the stored one continued with
+    appended events (it would have been counted before), so the attempt counted over the stored
+    attempt's events and the appended matches is the counted one. Its journey is the stored one
+    plus the appended steps inside the window (the same start, so the same window)."""
+    if held is None or held.depth == 0:
+        return None
+    added = appended.matched.get(funnel.key, [])
+    end = held.first_at + funnel.conversion_window_days * DAY
+    if added and (not appended.after_stored[funnel.key] or any(m.at > end for m in added)
+                  or any(s.max_days_from_previous is not None for s in funnel.stages)):
+        return None
+    journey = orjson.loads(held.journey)
+    if len(journey.get("revenue", ())) != held.depth:  # a row from before journeys were kept: recounted whole once
+        return None
+    stages = tuple(Matched(at, event_id, 1 << i) for i, (at, event_id)
+                   in enumerate(zip(orjson.loads(held.times), orjson.loads(held.event_ids), strict=True)))
+    attempt = counted_attempt(funnel, [*stages, *added])
+    if attempt.events[:held.depth] != stages:  # what the argument above rules out; whole, to be safe
+        return None
+    steps = sorted(journey["steps"] + appended.steps, key=_step_order)
+    revenues = appended.revenues | {e.event_id: r for e, r in zip(stages, journey["revenue"], strict=True) if r is not None}
+    return attempt, {**_row(funnel, customer, attempt, {stages[0].event_id: held.channel}),
+                     "journey": _journey(funnel, attempt, steps, revenues)}
+
+
 def _row(funnel: Funnel, customer: str, attempt: Attempt, channels: dict[str, str]) -> dict[str, object]:
     return {"funnel": funnel.key, "customer_id": customer, "depth": attempt.depth,
             "times": orjson.dumps(list(attempt.times)).decode(),
@@ -383,7 +570,7 @@ async def _journey_events(session: AsyncSession, customers: list[str]) -> dict[s
                                        .where(events.c.customer_id.in_(chunk), events.c.type.in_(JOURNEY_TYPES))):
             found[r.customer_id].append([epoch(r.at), r.event_id, r.type, step_name(r.type, r.name), r.channel])
     for steps in found.values():
-        steps.sort(key=lambda s: (s[0], s[1]))
+        steps.sort(key=_step_order)
     return found
 
 
@@ -393,10 +580,17 @@ async def _revenues(session: AsyncSession, event_ids: list[str]) -> dict[str, fl
     for chunk in chunks(sorted(set(event_ids))):
         for event_id, document in await session.execute(select(events.c.event_id, events.c.document)
                                                         .where(events.c.event_id.in_(chunk))):
-            value = orjson.loads(document).get("properties", {}).get("revenue")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                found[event_id] = float(value)
+            if (value := revenue(orjson.loads(document))) is not None:
+                found[event_id] = value
     return found
+
+
+def revenue(document: dict[str, Any]) -> float | None:
+    """The event's numeric `revenue` property, if it has one."""
+    value = document.get("properties", {}).get("revenue")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _journey(funnel: Funnel, attempt: Attempt, steps: list[list[Any]], revenues: dict[str, float]) -> str:
