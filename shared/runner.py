@@ -1,6 +1,7 @@
 """Serve one app with uvicorn: what `python -m services.<name>` and `make run` call."""
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -49,6 +50,10 @@ def serve(settings: CommonSettings, make_app: Callable[[], FastAPI], banner: str
         app = make_app()  # the gateway reads the settings of the services it runs in-process here
     except SettingsError as exc:
         refuse(exc)
+    # The modules imported by now live as long as the process: keep their objects out of the garbage
+    # collector's full passes, which the many short-lived objects of requests and batches set off
+    # every few dozen requests (each pass walked them all: ~190 ms on a loaded machine).
+    gc.freeze()
     if not os.environ.get("FUNNELSTREAM_SUPERVISED"):  # a child of make run's gateway: it says where things are
         _print_after_startup(app, "\n".join(lines))
     _exit_0_when_stopped()
@@ -91,13 +96,14 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: floa
     """Ask `url`/health until it answers 200 (None) or the process exits or the time is up (the
     reason, for the caller's own error)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return f"exited with {process.returncode}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return None
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client(timeout=2) as client:  # one client: each new one builds a TLS context (~15 ms of CPU)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return f"exited with {process.returncode}"
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return None
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
     return f"did not answer {url}/health within {timeout:.0f} s"
