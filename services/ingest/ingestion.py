@@ -67,7 +67,7 @@ async def accept(db: AsyncConnection, messages: list[Message]) -> Outbox:
     if not fresh:
         return outbox
     links = await _stitch(db, fresh, outbox)
-    iso_times: dict[datetime, str] = {}  # a request's messages share their received_at
+    iso_times: dict[datetime, str] = {}  # a request's messages share received_at, an order's lines occurred_at
     rows = []
     for message in fresh:
         own = message.own_id
@@ -190,10 +190,7 @@ def _new_links(messages: list[Message]) -> list[tuple[str, str, datetime]]:
 
 def _canonical(message: Message, customer_id: str, iso_times: dict[datetime, str]) -> dict[str, object]:
     """The interactions.v1 payload (plus what only the timeline shows: extra fields, ids).
-    `iso_times` keeps the received_at times written so far (one per request, not per message)."""
-    received_at = iso_times.get(message.received_at)
-    if received_at is None:
-        received_at = iso_times[message.received_at] = to_iso(message.received_at)
+    `iso_times` keeps the times written so far, each written once however many messages share it."""
     body: dict[str, object] = {
         "event_id": message.message_id,
         "customer_id": customer_id,
@@ -205,8 +202,8 @@ def _canonical(message: Message, customer_id: str, iso_times: dict[datetime, str
         "traits": message.traits,
         "context": message.context,
         "channel": classify(message.context, message.properties),
-        "occurred_at": to_iso(message.occurred_at),
-        "received_at": received_at,
+        "occurred_at": _iso(message.occurred_at, iso_times),
+        "received_at": _iso(message.received_at, iso_times),
     }
     if message.previous_id:
         body["previous_id"] = message.previous_id
@@ -215,6 +212,14 @@ def _canonical(message: Message, customer_id: str, iso_times: dict[datetime, str
     if message.extra:
         body["extra"] = message.extra
     return body
+
+
+def _iso(at: datetime, iso_times: dict[datetime, str]) -> str:
+    """`to_iso(at)`, written once per distinct time of a batch."""
+    text = iso_times.get(at)
+    if text is None:
+        text = iso_times[at] = to_iso(at)
+    return text
 
 
 async def resolve(session: AsyncSession, customer_id: str) -> str:

@@ -167,7 +167,7 @@ class Pipeline:
             pending = await _oldest_rows(db, runtime, rows)
             if not pending:
                 return False
-            messages = [message for row in pending for message in unpack(row.messages)]
+            messages = [message for row in pending for message in unpack(row.messages, row.received_at)]
             outbox = await ingestion.accept(db, messages)
             await db.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
             await runtime.bus.publish(outbox.records)
