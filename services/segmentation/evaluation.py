@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation import logic
+from services.segmentation.bulk import BulkWrite
 from services.segmentation.logic import Thresholds, nps_category
 from services.segmentation.store import history, memberships, orders, profiles
 from shared.events import SegmentChanged
@@ -26,6 +27,17 @@ from shared.outbox import Outbox
 
 CUSTOMER_FAMILIES = ("lifecycle:", "frequency:", "nps:")
 POPULATION_FAMILIES = ("value:", "rfm:")
+
+
+# The writes `apply` makes, a row per membership (bulk.py: compiled once, rows as tuples).
+_one_membership = (memberships.c.customer_id == bindparam("c", type_=memberships.c.customer_id.type),
+                   memberships.c.segment == bindparam("s", type_=memberships.c.segment.type))
+ENDED = BulkWrite(lambda _: delete(memberships).where(*_one_membership), ("c", "s"))
+ENTERED = BulkWrite(lambda _: insert(memberships), ("customer_id", "segment", "since", "reason"))
+REWORDED = BulkWrite(
+    lambda _: update(memberships).where(*_one_membership).values(reason=bindparam("r", type_=memberships.c.reason.type)),
+    ("r", "c", "s"))
+RECORDED = BulkWrite(lambda _: insert(history), ("customer_id", "segment", "change", "at", "reason"))
 
 
 def days_between(earlier: datetime, later: datetime) -> float:
@@ -106,26 +118,15 @@ async def apply(
     # Rows in one order (customer, segment) in every writer: two that meet wait, not deadlock.
     exits = sorted(key for key in current if key not in target)
     entries = sorted(key for key in target if key not in current)
-    if exits:
-        await session.execute(
-            delete(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s")),
-            [{"c": c, "s": s} for c, s in exits])
-    if entries:
-        await session.execute(insert(memberships), [
-            {"customer_id": c, "segment": s, "since": at, "reason": target[(c, s)]} for c, s in entries])
+    await ENDED.run(session, exits)
+    await ENTERED.run(session, [(c, s, at, target[(c, s)]) for c, s in entries])
     # Still a member for new reasons (scores moved, days passed): `why` follows, no history entry.
-    reworded = [{"c": c, "s": s, "r": target[(c, s)]} for (c, s), reason in sorted(current.items())
-                if (c, s) in target and target[(c, s)] != reason]
-    if reworded:
-        await session.execute(
-            update(memberships).where(memberships.c.customer_id == bindparam("c"), memberships.c.segment == bindparam("s"))
-            .values(reason=bindparam("r")), reworded)
+    await REWORDED.run(session, [(target[(c, s)], c, s) for (c, s), reason in sorted(current.items())
+                                 if (c, s) in target and target[(c, s)] != reason])
     left = exit_reason or (lambda _c, _s, held: held)
     changes = [(c, s, "exited", left(c, s, current[(c, s)])) for c, s in exits] + [(c, s, "entered", target[(c, s)]) for c, s in entries]
     if changes:
-        await session.execute(insert(history), [
-            {"customer_id": c, "segment": s, "change": change, "at": at, "reason": reason}
-            for c, s, change, reason in changes])
+        await RECORDED.run(session, [(c, s, change, at, reason) for c, s, change, reason in changes])
         for c, s, change, reason in changes:
             outbox.publish(SegmentChanged(customer_id=c, segment=s, change=change, at=at, reason=reason))  # type: ignore[arg-type]
     return len(changes)

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.segmentation.bulk import BulkWrite, inserting_new
 from services.segmentation.evaluation import Wanted, apply
 from services.segmentation.feedback import record_answers, refresh_feedback
 from services.segmentation.store import (
@@ -34,12 +35,20 @@ from shared.identity import canonical_ids, chunks, erasure_times, later_move, me
 from shared.keyed_rows import read_keyed, write_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
-from shared.store import insert_ignoring_conflicts
 
 ORDER_EVENT = "Order Completed"
 MAX_AMOUNT = 1e12  # as ingest accepts (services/ingest/messages.py): any sum of them stays finite
 # What behaviour conditions call page and screen views (Segment's names for them in destinations).
 VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
+# A redelivered event's rows are there already: kept as they are.
+NEW_ORDERS = BulkWrite(inserting_new(orders), ("event_id", "customer_id", "at", "amount"))
+# What events fold into a held profile (`_fold`): written back per customer.
+FOLDED = ("traits", "traits_at", "first_seen", "last_seen", "event_count", "channel", "channel_at")
+FOLD_INTO_PROFILES = BulkWrite(
+    lambda _: update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id", type_=profiles.c.customer_id.type))
+    .values({c: bindparam(f"b_{c}", type_=profiles.c[c].type) for c in FOLDED}),
+    ("b_customer_id", *(f"b_{c}" for c in FOLDED)))
+NEW_BEHAVIOUR = BulkWrite(inserting_new(customer_events), ("event_id", "customer_id", "name", "at", "properties"))
 
 
 def order_amount(properties: dict[str, Any]) -> float:
@@ -95,30 +104,30 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
             by_customer[known.named(event.customer_id)].append(event)
     await _fold_profiles(session, by_customer)
     placed = [(customer, e) for customer, evs in by_customer.items() for e in evs]
-    order_rows = [{"event_id": e.event_id, "customer_id": c, "at": e.occurred_at, "amount": order_amount(e.properties)}
+    order_rows = [(e.event_id, c, e.occurred_at, order_amount(e.properties))
                   for c, e in placed if e.type == "track" and e.name == ORDER_EVENT]
     if order_rows:
-        await session.execute(insert_ignoring_conflicts(orders, session), order_rows)
-        await refresh_orders(session, sorted({r["customer_id"] for r in order_rows}))
+        await NEW_ORDERS.run(session, order_rows)
+        await refresh_orders(session, sorted({customer for _, customer, _, _ in order_rows}))
     await record_answers(session, placed)
     behaviour_rows = _within_retention(
-        [{"event_id": e.event_id, "customer_id": c, "name": name, "at": e.occurred_at,
-          "properties": orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name else e.properties)}
+        [(e.event_id, c, name, e.occurred_at,
+          orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name else e.properties))
          for c, e in placed if (name := e.name if e.type == "track" else VIEW_EVENTS.get(e.type))],
         now, retention_days)
-    if behaviour_rows:  # no trigger marks these customers' facts changed: their profile write above did
-        await session.execute(insert_ignoring_conflicts(customer_events, session), behaviour_rows)
+    # no trigger marks these customers' facts changed: their profile write above did
+    await NEW_BEHAVIOUR.run(session, behaviour_rows)
     return set(by_customer)
 
 
-def _within_retention(rows: list[dict[str, Any]], now: datetime, retention_days: float) -> list[dict[str, Any]]:
+def _within_retention(rows: list[tuple[Any, ...]], now: datetime, retention_days: float) -> list[tuple[Any, ...]]:
     """The behaviour events kept: all by default. With a retention set, one older than it still
     counts in the profile (orders, revenue, first seen, traits) but is not kept for behaviour
     conditions; rules whose window reaches before the horizon say so (`complete_from`)."""
     if retention_days <= 0:
         return rows
     oldest = now - timedelta(days=retention_days)
-    kept = [r for r in rows if r["at"] > oldest]
+    kept = [r for r in rows if r[3] > oldest]  # (event_id, customer_id, name, at, properties)
     if len(kept) < len(rows):
         EVENTS_PAST_RETENTION.labels("segmentation").inc(len(rows) - len(kept))
     return kept
@@ -141,13 +150,10 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
         if row is None:
             new.append({"customer_id": customer, **values, "order_count": 0, "revenue": 0.0})
         else:
-            changed.append({"b_customer_id": customer, **{f"b_{k}": v for k, v in values.items()}})
+            changed.append((customer, *(values[c] for c in FOLDED)))
     if new:
         await session.execute(insert(profiles), new)
-    if changed:
-        columns = ("traits", "traits_at", "first_seen", "last_seen", "event_count", "channel", "channel_at")
-        await session.execute(update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id"))
-                              .values({c: bindparam(f"b_{c}") for c in columns}), changed)
+    await FOLD_INTO_PROFILES.run(session, changed)
 
 
 def _loaded(row: Row[Any]) -> dict[str, Any]:
