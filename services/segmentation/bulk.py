@@ -54,7 +54,7 @@ class BulkWrite:
             binds = {b.key: b for b in statement.binds.values()}
             found = self._compiled[dialect.name] = Compiled(
                 str(statement), tuple(self.keys.index(n) for n in names),
-                tuple(binds[n].type._cached_bind_processor(dialect) for n in names))
+                tuple(binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names))
         return found
 
     async def run(self, session: AsyncSession, rows: Sequence[Sequence[Any]]) -> None:
