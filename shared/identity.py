@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, delete, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared.consumer import Transaction
 from shared.events import CustomerErased, ErasureRecorded, Interaction
@@ -168,7 +168,8 @@ async def not_erased(session: AsyncSession, erasures: Table, events: list[Intera
             if not any(i in erased and e.occurred_at <= erased[i] for i in (e.customer_id, e.user_id, e.anonymous_id) if i)]
 
 
-async def erasure_times(session: AsyncSession, erasures: Table, ids: Iterable[str | None]) -> dict[str, datetime]:
+async def erasure_times(session: AsyncSession | AsyncConnection, erasures: Table,
+                        ids: Iterable[str | None]) -> dict[str, datetime]:
     """id -> when it was erased, for the ids that were (tombstones are looked up by hash)."""
     hashes = {i: id_hash(i) for i in set(ids) if i}  # each id once: a batch names its customers many times
     by_hash: dict[str, datetime] = {}

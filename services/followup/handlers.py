@@ -55,7 +55,7 @@ async def apply_changes(tx: Transaction, grace: timedelta) -> None:
     triggered = [triggered_by(event, triggers) for event in events]
     changes = Changes(tx, grace)
     await changes.read(events, [key for each in triggered for _, key in each])
-    for event, policies_triggered in zip(events, triggered):
+    for event, policies_triggered in zip(events, triggered, strict=True):
         if isinstance(event, SegmentChanged):
             await on_segment_changed(event, changes, triggers, policies_triggered)
         else:

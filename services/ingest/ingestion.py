@@ -128,7 +128,7 @@ async def _drop_erased(db: AsyncConnection, messages: list[Message]) -> list[Mes
     import) are dropped: the erasure stands. Later ones start a new customer."""
     if not messages:
         return messages
-    erased = await erasure_times(db, erasures, _named_ids(messages))  # type: ignore[arg-type]
+    erased = await erasure_times(db, erasures, _named_ids(messages))
     if not erased:
         return messages
     return [m for m in messages

@@ -33,7 +33,7 @@ class Compiled:
         """The rows reordered and converted, a column at a time (a loop per column, not per value)."""
         columns = list(zip(*rows, strict=True))
         return list(zip(*(columns[i] if convert is None else map(convert, columns[i])
-                          for i, convert in zip(self.positions, self.converts, strict=True))))
+                          for i, convert in zip(self.positions, self.converts, strict=True)), strict=True))
 
 
 @dataclass

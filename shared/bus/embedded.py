@@ -55,10 +55,10 @@ CREATE TABLE IF NOT EXISTS group_owners (
 CROSS_PROCESS_POLL_SECONDS = 0.05
 
 
-
 def dump_headers(headers: dict[str, str]) -> str:
     """Headers as the log keeps them: JSON text (orjson: every record of every batch pays this)."""
     return orjson.dumps(headers).decode()
+
 
 class EmbeddedBus:
     def __init__(self, path: Path | str, partitions: int = 8, session_timeout: float = 10.0) -> None:
