@@ -18,9 +18,9 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation import logic
-from services.segmentation.bulk import BulkWrite
 from services.segmentation.logic import Thresholds, nps_category
 from services.segmentation.store import history, memberships, orders, profiles
+from shared.bulk import BulkWrite
 from shared.events import SegmentChanged
 from shared.identity import chunks
 from shared.outbox import Outbox
@@ -29,7 +29,7 @@ CUSTOMER_FAMILIES = ("lifecycle:", "frequency:", "nps:")
 POPULATION_FAMILIES = ("value:", "rfm:")
 
 
-# The writes `apply` makes, a row per membership (bulk.py: compiled once, rows as tuples).
+# The writes `apply` makes, a row per membership (shared/bulk.py: compiled once, rows as tuples).
 _one_membership = (memberships.c.customer_id == bindparam("c", type_=memberships.c.customer_id.type),
                    memberships.c.segment == bindparam("s", type_=memberships.c.segment.type))
 ENDED = BulkWrite(lambda _: delete(memberships).where(*_one_membership), ("c", "s"))

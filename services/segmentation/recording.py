@@ -17,7 +17,6 @@ import orjson
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.bulk import BulkWrite, inserting_new
 from services.segmentation.evaluation import Wanted, apply
 from services.segmentation.feedback import record_answers, refresh_feedback
 from services.segmentation.store import (
@@ -30,6 +29,7 @@ from services.segmentation.store import (
     profiles,
     survey_answers,
 )
+from shared.bulk import BulkWrite, inserting_new
 from shared.events import FunnelStageChanged, Interaction
 from shared.identity import canonical_ids, chunks, erasure_times, later_move, merge_traits, relink
 from shared.keyed_rows import read_keyed, write_keyed
