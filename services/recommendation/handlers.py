@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.recommendation.recording import erase_customer, merge_customer, record_changes, record_interactions
+from services.recommendation.recording import (
+    erase_customer,
+    merge_customer,
+    record_changes,
+    record_interactions,
+)
 from services.recommendation.store import erasures
 from shared.consumer import Handlers, Transaction, handlers_of, on
 from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, Interaction
@@ -20,7 +25,9 @@ class Pending:
 
 
 def _pending(tx: Transaction) -> Pending:
-    found: Pending = tx.state.setdefault("recommendation", Pending())
+    found: Pending | None = tx.state.get("recommendation")
+    if found is None:  # not setdefault: that would build a Pending for every event
+        found = tx.state["recommendation"] = Pending()
     return found
 
 

@@ -81,10 +81,11 @@ def _quantity(value: Any) -> float:
 
 def country_of(traits: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
     """`traits.country`, else `context.traits.country`."""
-    for source in (traits, context.get("traits") if isinstance(context.get("traits"), Mapping) else {}):
-        value = source.get("country") if isinstance(source, Mapping) else None
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:MAX_ID]
+    for source in (traits, context.get("traits")):
+        if source and isinstance(source, Mapping):  # most events name no traits at all
+            value = source.get("country")
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:MAX_ID]
     return None
 
 
