@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.bulk import BulkWrite
 from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic
 from shared.events import Event, UndecodableRecord, decode, message_id
 from shared.metrics import BUS_BATCH_SECONDS, BUS_BATCHES, BUS_CONFLICTS, BUS_DLQ, BUS_DLQ_SIZE, BUS_LAG, BUS_PROCESSED
 from shared.outage import raise_if_outage
 from shared.outbox import Outbox, OutboxRelay, write_outbox
-from shared.store import CONFLICT_SQLSTATES, RACE_SQLSTATE, BusTables, Store, sqlstate
+from shared.store import CONFLICT_SQLSTATES, RACE_SQLSTATE, BusTables, Store, among, sqlstate
 
 if TYPE_CHECKING:  # shared.customer_locks imports shared.identity, which imports this module
     from shared.customer_locks import CustomerLocks
@@ -130,6 +131,7 @@ class ConsumerLoop:
         self.customer_locks = customer_locks
         self.max_batch = max_batch
         self.topics = topics_of(handlers)
+        self._record_processed = BulkWrite(lambda _: insert(tables.processed), ("message_id",))
         self.consumer: Consumer | None = None
         self.healthy = False
         self._last_lag_report = 0.0
@@ -246,8 +248,7 @@ class ConsumerLoop:
             for event in decoded:
                 await self._handle(event, tx)
             await tx.run_deferred()
-            if fresh:
-                await session.execute(insert(self.tables.processed), [{"message_id": m} for m in fresh])
+            await self._record_processed.run(session, [(m,) for m in fresh])
             await write_outbox(session, self.tables, tx.outbox)
         for topic, count in Counter(r.topic for r in records).items():
             BUS_PROCESSED.labels(self.service, topic).inc(count)
@@ -258,7 +259,7 @@ class ConsumerLoop:
 
     async def _already_processed(self, session: AsyncSession, ids: list[str]) -> set[str]:
         column = self.tables.processed.c.message_id
-        rows = await session.execute(select(column).where(column.in_(ids)))
+        rows = await session.execute(select(column).where(among(column, ids, session)))
         return set(rows.scalars())
 
     async def _dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:

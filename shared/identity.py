@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from shared.consumer import Transaction
 from shared.events import CustomerErased, ErasureRecorded, Interaction
 from shared.settings import CommonSettings
-from shared.store import UTCDateTime, insert_ignoring_conflicts
+from shared.store import UTCDateTime, among, insert_ignoring_conflicts
 
 CHUNK = 5000  # bounded IN lists (SQLite caps bound parameters per statement)
 DEV_ERASURE_KEY = "dev-erasure-key"
@@ -146,7 +146,7 @@ async def canonical_ids(session: AsyncSession, links: Table, ids: Iterable[str])
     """id -> the customer it was merged into, for the ids that were."""
     found: dict[str, str] = {}
     for chunk in chunks(sorted(set(ids))):
-        rows = await session.execute(select(links.c.alias_id, links.c.customer_id).where(links.c.alias_id.in_(chunk)))
+        rows = await session.execute(select(links.c.alias_id, links.c.customer_id).where(among(links.c.alias_id, chunk, session)))
         found |= dict(rows.tuples().all())
     return found
 
@@ -174,7 +174,7 @@ async def erasure_times(session: AsyncSession | AsyncConnection, erasures: Table
     hashes = {i: id_hash(i) for i in set(ids) if i}  # each id once: a batch names its customers many times
     by_hash: dict[str, datetime] = {}
     for chunk in chunks(sorted(set(hashes.values()))):
-        rows = await session.execute(select(erasures.c.id_hash, erasures.c.at).where(erasures.c.id_hash.in_(chunk)))
+        rows = await session.execute(select(erasures.c.id_hash, erasures.c.at).where(among(erasures.c.id_hash, chunk, session)))
         by_hash |= dict(rows.tuples().all())
     return {i: by_hash[h] for i, h in hashes.items() if h in by_hash}
 

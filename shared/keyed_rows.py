@@ -11,6 +11,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.identity import chunks
+from shared.store import among
 
 Key = tuple[str, str]  # (customer_id, name)
 
@@ -21,7 +22,7 @@ async def read_keyed(session: AsyncSession, table: Table, name: str, keys: Itera
     names = sorted({n for _, n in wanted})
     found: dict[Key, dict[str, Any]] = {}
     for chunk in chunks(sorted({c for c, _ in wanted})):
-        rows = await session.execute(select(table).where(table.c.customer_id.in_(chunk), table.c[name].in_(names)))
+        rows = await session.execute(select(table).where(among(table.c.customer_id, chunk, session), table.c[name].in_(names)))
         for row in rows.mappings():
             key = (row["customer_id"], row[name])
             if key in wanted:

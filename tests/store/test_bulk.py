@@ -1,6 +1,7 @@
 """shared/bulk.py: rows written through the driver are the rows SQLAlchemy's own executemany writes
 (same stored text and bytes, read back the same), an insert that ignores conflicts keeps the first,
-and parameters may come in any column order; on SQLite and PostgreSQL."""
+and parameters may come in any column order; `among` matches what an IN list matches; on SQLite
+and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
@@ -8,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, insert, select, text
 
 from shared.bulk import BulkWrite, inserting_new
-from shared.store import Store, UTCDateTime
+from shared.store import Store, UTCDateTime, among
 
 metadata = MetaData()
 ours = Table("bulk_ours", metadata, Column("id", Integer, primary_key=True), Column("name", String(50)),
@@ -59,5 +60,28 @@ async def test_no_rows_writes_nothing(store_url: str) -> None:
             await BulkWrite(inserting_new(ours), ("id", "name", "at", "blob")).run(session, [])
         async with store.read() as session:
             assert (await session.execute(select(ours))).all() == []
+    finally:
+        await store.dispose()
+
+
+async def test_among_finds_exactly_the_values_held(store_url: str) -> None:
+    """`among` (one bound parameter for a whole IN list) against Python's own membership: text
+    with quotes, backslashes, JSON-looking text and non-ASCII, a value longer than the column (never cut
+    to fit), integers, no values, a repeated value."""
+    held = ["plain", 'quo"te', "back\\slash", "[1,2]", "ünï©ødé", "a" * 50, "sp ace"]
+    asked = [*held[::2], "missing", 'quo"te', "", "UNÏ", "a" * 60, *held[1::3]]  # "a" * 60 starts like "a" * 50: no match
+    assert "a" * 50 not in asked
+    store = Store(store_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with store.transaction() as session:
+            await session.execute(insert(ours), [{"id": i, "name": name} for i, name in enumerate(held)])
+        async with store.read() as session:
+            found = set((await session.execute(select(ours.c.name).where(among(ours.c.name, asked, session)))).scalars())
+            assert found == set(held) & set(asked)
+            assert (await session.execute(select(ours.c.id).where(among(ours.c.name, [], session)))).all() == []
+            ids = set((await session.execute(select(ours.c.id).where(among(ours.c.id, [0, 3, 99], session)))).scalars())
+            assert ids == {0, 3}
     finally:
         await store.dispose()
