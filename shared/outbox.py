@@ -9,11 +9,13 @@ import asyncio
 import logging
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.bulk import BulkWrite
 from shared.bus.base import Bus, OutgoingRecord
 from shared.events import Event, encode
-from shared.store import BusTables, Store
+from shared.store import BusTables, Store, among
 
 log = logging.getLogger("funnelstream.outbox")
 
@@ -30,13 +32,19 @@ class Outbox:
     def add(self, record: OutgoingRecord) -> None:
         self.records.append(record)
 
-    def rows(self) -> list[dict[str, object]]:
-        return [{"topic": r.topic, "key": r.key, "value": r.value, "headers": orjson.dumps(r.headers)} for r in self.records]
+    def rows(self) -> list[tuple[str, str, bytes, bytes]]:
+        return [(r.topic, r.key, r.value, orjson.dumps(r.headers)) for r in self.records]
 
 
-async def write_outbox(session: object, tables: BusTables, outbox: Outbox) -> None:
+_writes: dict[Table, BulkWrite] = {}  # per service's outbox table: its INSERT compiled once
+
+
+async def write_outbox(session: AsyncSession, tables: BusTables, outbox: Outbox) -> None:
     if outbox.records:
-        await session.execute(insert(tables.outbox), outbox.rows())  # type: ignore[attr-defined]
+        write = _writes.get(tables.outbox)
+        if write is None:
+            write = _writes[tables.outbox] = BulkWrite(lambda _: insert(tables.outbox), ("topic", "key", "value", "headers"))
+        await write.run(session, outbox.rows())
 
 
 class OutboxRelay:
@@ -79,7 +87,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             await self.bus.publish([OutgoingRecord(r.topic, r.key, r.value, orjson.loads(r.headers)) for r in rows])
-            await session.execute(delete(self.table).where(self.table.c.id.in_([r.id for r in rows])))
+            await session.execute(delete(self.table).where(among(self.table.c.id, [r.id for r in rows], session)))
         return len(rows)
 
     async def run(self) -> None:
