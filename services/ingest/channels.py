@@ -39,25 +39,40 @@ SYNONYMS = {"paid": "ads", "cpc": "ads", "ad": "ads", "organic": "search", "seo"
 
 
 def classify(context: dict[str, Any], properties: dict[str, Any]) -> str:
-    page = _dict(context.get("page"))
-    source, medium = _campaign(context, page, properties)
+    return classify_traffic(*traffic(context, properties))
+
+
+Traffic = tuple[str, str, str, str, str]
+
+
+def traffic(context: dict[str, Any], properties: dict[str, Any]) -> Traffic:
+    """All the channel depends on, as text ("" when absent or not text): the campaign's source
+    and medium, the page's URL and referrer, and `context.channel`. A few strings the request
+    path keeps, so the pipeline classifies without reading the message's objects again."""
+    page, campaign, channel = context.get("page"), context.get("campaign"), context.get("channel")
+    url = referrer = source = medium = ""
+    if isinstance(page, dict):
+        url, referrer = _str(page.get("url")), _str(page.get("referrer"))
+    if isinstance(campaign, dict):
+        source, medium = _str(campaign.get("source")), _str(campaign.get("medium"))
+    return (source, medium, url or _str(properties.get("url")), referrer or _str(properties.get("referrer")),
+            channel if isinstance(channel, str) else "")
+
+
+@lru_cache(maxsize=8192)
+def classify_traffic(source: str, medium: str, url: str, referrer: str, channel: str) -> str:
+    """The channel of `traffic(...)` (a visitor's events repeat it: cached)."""
+    if not (source or medium):
+        source, medium = _utm(url)
+    source, medium = source.strip().lower(), medium.strip().lower()
     if source or medium:
         return _from_campaign(source, medium)
-    referrer = _str(page.get("referrer")) or _str(properties.get("referrer"))
     if referrer.startswith("android-app://"):
         return APP_CHANNELS.get(_host(referrer), "referral")
-    if referrer and (by_host := _from_referrer(_host(referrer), _host(_str(page.get("url")) or _str(properties.get("url"))))):
+    if referrer and (by_host := _from_referrer(_host(referrer), _host(url))):
         return by_host
-    named = _str(context.get("channel")).lower()
+    named = channel.lower()
     return SYNONYMS.get(named, named) if SYNONYMS.get(named, named) in CHANNELS else "direct"
-
-
-def _campaign(context: dict[str, Any], page: dict[str, Any], properties: dict[str, Any]) -> tuple[str, str]:
-    campaign = _dict(context.get("campaign"))
-    source, medium = _str(campaign.get("source")), _str(campaign.get("medium"))
-    if not (source or medium):
-        source, medium = _utm(_str(page.get("url")) or _str(properties.get("url")))
-    return source.strip().lower(), medium.strip().lower()
 
 
 def _utm(url: str) -> tuple[str, str]:

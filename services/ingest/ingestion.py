@@ -16,20 +16,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from services.ingest.channels import classify
-from services.ingest.messages import (
-    MAX_NESTING,
-    Message,
-    Rejection,
-    clipped,
-    nesting,
-    pack,
-    printable_id,
-)
+from services.ingest.inbox import Inbound, pack
+from services.ingest.messages import MAX_NESTING, Message, Rejection, clipped, nesting, printable_id
 from services.ingest.store import (
     bus_tables,
     erasures,
@@ -39,7 +30,8 @@ from services.ingest.store import (
     quarantine,
     seen_messages,
 )
-from shared.events import CustomerErased, CustomerLinked, Interaction, record, to_iso
+from shared.bulk import BulkWrite, inserting_new
+from shared.events import CustomerErased, CustomerLinked, Interaction, record
 from shared.identity import add_tombstones, erasure_times, id_hash
 from shared.outbox import Outbox
 from shared.store import insert_ignoring_conflicts
@@ -55,12 +47,12 @@ async def enqueue_all(
     rejected = [quarantine_row(r, at) for _, rejections, at in requests for r in rejections]
     if rejected:
         await db.execute(insert(quarantine), rejected)
-    rows = [{"received_at": at, "messages": pack(messages)} for messages, _, at in requests if messages]
+    rows = [{"received_at": at, "messages": pack(messages, at)} for messages, _, at in requests if messages]
     if rows:
         await db.execute(insert(inbox), rows)
 
 
-async def accept(db: AsyncConnection, messages: list[Message]) -> Outbox:
+async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:
     """The pipeline's part, for the messages of several requests' inbox rows at once (in the
     order they came): dedupe, stitch, write the timeline; returns the events to publish. The same
     few statements whatever the number of messages: per-statement costs are paid per batch."""
@@ -69,17 +61,19 @@ async def accept(db: AsyncConnection, messages: list[Message]) -> Outbox:
     if not fresh:
         return outbox
     links = await _stitch(db, fresh, outbox)
-    iso_times: dict[datetime, str] = {}  # a request's messages share received_at, an order's lines occurred_at
     rows = []
     for message in fresh:
         own = message.own_id
         customer_id = links.get(own, own)
-        body = orjson.dumps(_canonical(message, customer_id, iso_times))
+        body = message.body(customer_id)
         outbox.add(record(Interaction, customer_id, message.message_id, body))
-        rows.append({"event_id": message.message_id, "customer_id": customer_id,
-                     "occurred_at": message.occurred_at, "body": body})
-    await db.execute(insert_ignoring_conflicts(events, db), rows)
+        rows.append((message.message_id, customer_id, message.occurred_at, body))
+    compiled = NEW_EVENTS.compiled(db.dialect)
+    await db.exec_driver_sql(compiled.sql, compiled.parameters(rows))
     return outbox
+
+
+NEW_EVENTS = BulkWrite(inserting_new(events), ("event_id", "customer_id", "occurred_at", "body"))
 
 
 def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
@@ -99,7 +93,7 @@ def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, obj
     }
 
 
-async def _drop_duplicates(db: AsyncConnection, messages: list[Message]) -> list[Message]:
+async def _drop_duplicates(db: AsyncConnection, messages: list[Inbound]) -> list[Inbound]:
     """An SDK retry (a messageId seen within the window) is acknowledged but not stored again.
 
     One statement: remember each sent id unless already remembered, and learn which were new."""
@@ -123,7 +117,7 @@ async def _drop_duplicates(db: AsyncConnection, messages: list[Message]) -> list
     return fresh
 
 
-async def _drop_erased(db: AsyncConnection, messages: list[Message]) -> list[Message]:
+async def _drop_erased(db: AsyncConnection, messages: list[Inbound]) -> list[Inbound]:
     """Messages about an erased customer that happened before the erasure (late: a retry, an
     import) are dropped: the erasure stands. Later ones start a new customer."""
     if not messages:
@@ -135,12 +129,12 @@ async def _drop_erased(db: AsyncConnection, messages: list[Message]) -> list[Mes
             if not any(i in erased and m.occurred_at <= erased[i] for i in (m.user_id, m.anonymous_id, m.previous_id) if i)]
 
 
-def _named_ids(messages: list[Message]) -> set[str]:
+def _named_ids(messages: list[Inbound]) -> set[str]:
     """Every id the messages name (each once: a batch names its customers many times)."""
     return {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
 
 
-async def _stitch(db: AsyncConnection, messages: list[Message], outbox: Outbox) -> dict[str, str]:
+async def _stitch(db: AsyncConnection, messages: list[Inbound], outbox: Outbox) -> dict[str, str]:
     """Apply the batch's new links, in order; returns id -> customer for every id the batch names.
     One read of the ids' links for the whole batch."""
     rows = await db.execute(
@@ -179,7 +173,7 @@ async def _save_links(db: AsyncConnection, moves: dict[str, tuple[str, datetime]
         update(events).where(events.c.customer_id == bindparam("old")).values(customer_id=bindparam("new")), params)
 
 
-def _new_links(messages: list[Message]) -> list[tuple[str, str, datetime]]:
+def _new_links(messages: list[Inbound]) -> list[tuple[str, str, datetime]]:
     """(id, the id it links to, when), in the order the messages came."""
     pairs = []
     for m in messages:
@@ -188,40 +182,6 @@ def _new_links(messages: list[Message]) -> list[tuple[str, str, datetime]]:
         if m.anonymous_id and m.user_id:
             pairs.append((m.anonymous_id, m.user_id, m.received_at))
     return pairs
-
-
-def _canonical(message: Message, customer_id: str, iso_times: dict[datetime, str]) -> dict[str, object]:
-    """The interactions.v1 payload (plus what only the timeline shows: extra fields, ids).
-    `iso_times` keeps the times written so far, each written once however many messages share it."""
-    body: dict[str, object] = {
-        "event_id": message.message_id,
-        "customer_id": customer_id,
-        "user_id": message.user_id,
-        "anonymous_id": message.anonymous_id,
-        "type": message.type,
-        "name": message.name,
-        "properties": message.properties,
-        "traits": message.traits,
-        "context": message.context,
-        "channel": classify(message.context, message.properties),
-        "occurred_at": _iso(message.occurred_at, iso_times),
-        "received_at": _iso(message.received_at, iso_times),
-    }
-    if message.previous_id:
-        body["previous_id"] = message.previous_id
-    if message.group_id:
-        body["group_id"] = message.group_id
-    if message.extra:
-        body["extra"] = message.extra
-    return body
-
-
-def _iso(at: datetime, iso_times: dict[datetime, str]) -> str:
-    """`to_iso(at)`, written once per distinct time of a batch."""
-    text = iso_times.get(at)
-    if text is None:
-        text = iso_times[at] = to_iso(at)
-    return text
 
 
 async def resolve(session: AsyncSession, customer_id: str) -> str:

@@ -356,24 +356,3 @@ def printable_id(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         return None
     return str(value).replace("\x00", "")[:MAX_ID_LENGTH] or None
-
-
-def pack(messages: list[Message]) -> bytes:
-    """Messages as JSON, for the inbox (orjson writes dataclasses and datetimes natively)."""
-    return orjson.dumps(messages)
-
-
-def unpack(data: bytes, received_at: datetime) -> list[Message]:
-    """An inbox row's messages. They share the row's `received_at` (one request's), so it is
-    taken from the row, not parsed once per message; `occurred_at` repeats too (one order's
-    lines), so each distinct text is parsed once."""
-    out = []
-    parsed: dict[str, datetime] = {}
-    for item in orjson.loads(data):
-        occurred_at = item["occurred_at"]
-        if occurred_at not in parsed:
-            parsed[occurred_at] = datetime.fromisoformat(occurred_at)
-        item["occurred_at"] = parsed[occurred_at]
-        item["received_at"] = received_at
-        out.append(Message(**item))
-    return out

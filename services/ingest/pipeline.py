@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Row, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import ingestion
-from services.ingest.messages import Message, Rejection, unpack
+from services.ingest.inbox import as_sent, unpack
+from services.ingest.messages import Message, Rejection
 from services.ingest.store import inbox, quarantine
 from shared.outage import raise_if_outage
 from shared.service import Runtime
@@ -182,11 +182,18 @@ class Pipeline:
             if row is None:
                 return
             reason = f"processing failed: {type(exc).__name__}: {exc}"[:1000]
-            raws = orjson.loads(row.messages)
-            rejections = [Rejection(i, m.get("message_id"), reason, m) for i, m in enumerate(raws)]
+            rejections = [Rejection(i, m["message_id"], reason, m) for i, m in enumerate(_as_sent(row))]
             await session.execute(insert(quarantine),
                                   [ingestion.quarantine_row(r, row.received_at) for r in rejections])
             await session.execute(delete(inbox).where(inbox.c.id == row.id))
+
+
+def _as_sent(row: Row[Any]) -> list[dict[str, Any]]:
+    """The row's messages, or a note when they cannot be read (nothing else would remove it)."""
+    try:
+        return as_sent(row.messages, row.received_at)
+    except Exception:  # noqa: BLE001  (a row the pipeline cannot read: kept as the note says)
+        return [{"message_id": None, "inbox_row": f"unreadable ({len(row.messages)} bytes)"}]
 
 
 async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> list[Row[Any]]:
