@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from types import SimpleNamespace
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.followup.policies import DEFAULT_POLICIES, Policy, parse_policy
@@ -26,8 +26,9 @@ from services.followup.store import (
     policies,
     stages,
 )
-from shared.consumer import Transaction
+from shared.bulk import BulkWrite
 from shared.bus.base import OutgoingRecord
+from shared.consumer import Transaction
 from shared.events import (
     CustomerErased,
     FollowupChanged,
@@ -198,12 +199,13 @@ def new_row(versioned: Versioned, customer: str, due_at: datetime, reason: str, 
     return {"id": stable_id("followup", trigger_key), "policy": policy.key, "policy_version": versioned.version,
             "customer_id": customer, "channel": policy.channel, "priority": policy.priority,
             "assignee": policy.assignee, "status": "pending", "due_at": due_at, "created_at": now, "reason": reason,
-            "open_slot": f"{customer}|{policy.key}", "trigger_key": trigger_key}
+            "open_slot": f"{customer}|{policy.key}", "trigger_key": trigger_key, "completed_at": None, "outcome": None,
+            "note": None}
 
 
 def _publish_created(row: dict[str, Any], now: datetime, outbox: Outbox, grace: timedelta) -> None:
     # The row as inserted (no read back: one statement less per follow-up created).
-    _publish_row(SimpleNamespace(**row, completed_at=None, outcome=None, note=None), "created", now, outbox, grace)
+    _publish_row(SimpleNamespace(**row), "created", now, outbox, grace)
 
 
 async def create_manual(session: AsyncSession, values: dict[str, Any], now: datetime, outbox: Outbox,
@@ -230,13 +232,13 @@ def _publish_row(row: Any, change: str, at: datetime, outbox: Outbox, grace: tim
 
 
 def changed_record(customer: str, followup_id: str, change: str, policy: str | None, at: datetime,
-                   body: dict[str, Any]) -> OutgoingRecord:
+                   body: dict[str, Any], at_iso: str | None = None) -> OutgoingRecord:
     """The FollowupChanged record `encode` would write, without validating and dumping the model:
     pydantic's dump of the `followup` dict cost more than the rest of creating a follow-up (issue
     13). The body holds only strings, numbers and None (see as_json), which orjson writes as
     pydantic does; tests/followup/test_contract.py holds the two (and their keys) the same."""
     value = orjson.dumps({"customer_id": customer, "followup_id": followup_id, "change": change, "policy": policy,
-                          "at": to_iso(at), "followup": body})
+                          "at": at_iso or to_iso(at), "followup": body})
     dedupe_key = stable_id("followup", followup_id, change, at.isoformat())  # FollowupChanged.dedupe_key's
     return record(FollowupChanged, customer, dedupe_key, value)
 
@@ -388,10 +390,11 @@ def status_filter(status: str, now: datetime, grace: timedelta) -> Any:
 
 class Changes:
     """What a batch of segment and stage changes needs, read in a few statements: erasures, the
-    memberships and stages held, the policies each customer has a follow-up open under and which
-    of the batch's triggers made a follow-up already (both kept current as the changes create and
-    cancel them). Knowing both, creating needs no statement of its own: the batch's new
-    follow-ups are inserted together (issue 13)."""
+    memberships and stages held, the policies each customer has a follow-up open under, which of
+    the batch's triggers made a follow-up already (both kept current as the changes create and
+    cancel them), and the open follow-ups of the customers whose changes may cancel some. Knowing
+    these, creating and cancelling need no statement of their own: the batch's closed follow-ups
+    are updated together and its new ones inserted together, as they end the batch (issue 13)."""
 
     def __init__(self, tx: Transaction, grace: timedelta) -> None:
         self.tx, self.session, self.grace = tx, tx.session, grace
@@ -402,10 +405,16 @@ class Changes:
             memberships: ({}, set()), stages: ({}, set())}
         self.open: defaultdict[str, set[str]] = defaultdict(set)
         self.used: set[str] = set()  # trigger keys that made a follow-up
-        self.created: list[dict[str, Any]] = []  # rows not inserted yet
+        self.created: list[dict[str, Any]] = []  # rows not inserted yet (closed since, some)
+        self.held: dict[str, list[dict[str, Any]]] = {}  # customer -> their stored open follow-ups
+        self.created_for: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # customer -> `created` rows
+        self.closed: list[dict[str, Any]] = []  # stored rows closed, not updated yet
+        self.now_iso = to_iso(tx.now)
 
-    async def read(self, events: list[SegmentChanged | FunnelStageChanged], trigger_keys: list[str]) -> None:
-        """What `events` need; `trigger_keys` are those they may create follow-ups under."""
+    async def read(self, events: list[SegmentChanged | FunnelStageChanged], trigger_keys: list[str],
+                   cancelling: set[str]) -> None:
+        """What `events` need; `trigger_keys` are those they may create follow-ups under, and
+        `cancelling` the customers whose changes may cancel follow-ups."""
         customers = sorted({e.customer_id for e in events})
         self.erased = await erasure_times(self.session, erasures, customers)
         self.memberships = await read_keyed(self.session, memberships, "segment", (
@@ -414,6 +423,8 @@ class Changes:
             (e.customer_id, e.funnel) for e in events if isinstance(e, FunnelStageChanged)))
         self.open = await _open_policies(self.session, customers)
         self.used = await _used_triggers(self.session, trigger_keys)
+        self.held = {customer: [] for customer in cancelling}
+        self.held |= await _open_followups(self.session, sorted(cancelling & self.open.keys()))
 
     def is_erased(self, customer: str, at: datetime) -> bool:
         return customer in self.erased and at <= self.erased[customer]
@@ -425,33 +436,73 @@ class Changes:
         held[key] = written[key] = row
 
     async def write(self) -> None:
-        await self._insert_created()
+        await self._flush()
         await write_keyed(self.session, memberships, "segment", *self.written[memberships])
         await write_keyed(self.session, stages, "funnel", *self.written[stages])
 
     def create(self, versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str) -> None:
-        """As `create` does, decided in memory: inserted by `write` (or before a cancel reads the store)."""
+        """As `create` does, decided in memory: inserted by `write`."""
         if versioned.policy.key in self.open[customer] or trigger_key in self.used:
             return  # one open per customer and policy, one follow-up per trigger
         row = new_row(versioned, customer, due_at, reason, trigger_key, self.tx.now)
         self.created.append(row)
+        self.created_for[customer].append(row)
         self.open[customer].add(versioned.policy.key)
         self.used.add(trigger_key)
-        _publish_created(row, self.tx.now, self.tx.outbox, self.grace)
+        self._publish(row, "created")
 
     async def cancel(self, customer: str, policy_keys: list[str], reason: str) -> None:
-        if self.open[customer].intersection(policy_keys):
-            await self._insert_created()  # the follow-ups to close may be among them
+        """As `cancel_for` does, decided in memory: the customer's stored open follow-ups under these
+        policies first, then those this batch created (the order the store gives them)."""
+        if not self.open[customer].intersection(policy_keys):
+            return
+        if customer not in self.held:  # not foreseen by `read` (never, as the handlers are): ask the store
+            await self._flush()
             await cancel_for(self.session, customer, policy_keys, reason, self.tx.now, self.tx.outbox, self.grace)
-            self.open[customer].difference_update(policy_keys)
+        else:
+            changes = {"status": "cancelled", "completed_at": self.tx.now, "open_slot": None, "reason": reason}
+            for stored, rows in ((True, self.held[customer]), (False, self.created_for[customer])):
+                for row in rows:
+                    if row["policy"] in policy_keys and row["status"] in OPEN:
+                        row.update(changes)
+                        if stored:
+                            self.closed.append(row)
+                        self._publish(row, "cancelled")
+        self.open[customer].difference_update(policy_keys)
 
-    async def _insert_created(self) -> None:
-        # A plain insert: both unique keys were checked above, so a conflict means another
-        # transaction won a race, and the batch runs again (ignoring it would publish a
-        # follow-up that is not stored).
-        if self.created:
-            await self.session.execute(insert(followups), self.created)
-            self.created = []
+    def _publish(self, row: dict[str, Any], change: str) -> None:
+        """The row as it stands (no read back), as `_publish_row` publishes it."""
+        now = self.tx.now
+        body = {"id": row["id"], "policy": row["policy"], "policy_version": row["policy_version"],
+                "customer_id": row["customer_id"], "channel": row["channel"], "priority": row["priority"],
+                "assignee": row["assignee"], "status": status_at(row["status"], row["due_at"], now, self.grace),
+                "due_at": to_iso(row["due_at"]),
+                "created_at": self.now_iso if row["created_at"] == now else to_iso(row["created_at"]),
+                "completed_at": (self.now_iso if row["completed_at"] == now else to_iso(row["completed_at"]))
+                if row["completed_at"] else None,
+                "outcome": row["outcome"], "note": row["note"], "reason": row["reason"]}
+        self.tx.outbox.add(changed_record(row["customer_id"], row["id"], change, row["policy"], now, body, self.now_iso))
+
+    async def _flush(self) -> None:
+        """The closed stored follow-ups are updated first (that frees their open slots), then the
+        new ones are inserted, as they stand. A plain insert: both unique keys were checked above,
+        so a conflict means another transaction won a race, and the batch runs again (ignoring
+        it would publish a follow-up that is not stored)."""
+        await _CLOSE.run(self.session, [(r["id"], r["status"], r["completed_at"], r["reason"]) for r in self.closed])
+        await _INSERT.run(self.session, [tuple(r[c] for c in _INSERTED) for r in self.created])
+        self.closed, self.created = [], []
+        self.held, self.created_for = {}, defaultdict(list)  # the store has them now
+
+
+_INSERTED = ("id", "policy", "policy_version", "customer_id", "channel", "priority", "assignee", "status", "due_at",
+             "created_at", "completed_at", "reason", "open_slot", "trigger_key")
+# A batch's rows go to the driver as tuples, compiled once (shared/bulk.py).
+_INSERT = BulkWrite(lambda _: insert(followups), _INSERTED)
+_CLOSE = BulkWrite(lambda _: update(followups).where(followups.c.id == bindparam("k_id")).values(
+    status=bindparam("v_status", type_=followups.c.status.type),
+    completed_at=bindparam("v_completed_at", type_=followups.c.completed_at.type),
+    reason=bindparam("v_reason", type_=followups.c.reason.type), open_slot=null()),
+    ("k_id", "v_status", "v_completed_at", "v_reason"))
 
 
 async def merge_customer(session: AsyncSession, merged: str, customer: str, now: datetime, outbox: Outbox,
@@ -487,6 +538,18 @@ async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[
     found: set[str] = set()
     for chunk in chunks(sorted(set(trigger_keys))):
         found.update(await session.scalars(select(followups.c.trigger_key).where(followups.c.trigger_key.in_(chunk))))
+    return found
+
+
+async def _open_followups(session: AsyncSession, customers: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """customer -> their open follow-ups (whole rows, in the order the store gives them), for each
+    of `customers`."""
+    found: dict[str, list[dict[str, Any]]] = {c: [] for c in customers}
+    for chunk in chunks(customers):
+        rows = await session.execute(select(followups).where(followups.c.customer_id.in_(chunk),
+                                                             followups.c.status.in_(OPEN)))
+        for row in rows.mappings():
+            found[row["customer_id"]].append(dict(row))
     return found
 
 

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.followup.followups import Changes, Versioned, current_policies, erase_customer, merge_customer
+from services.followup.followups import (
+    Changes,
+    Versioned,
+    current_policies,
+    erase_customer,
+    merge_customer,
+)
 from services.followup.store import erasures, memberships, stages
 from services.followup.triggers import Triggers
 from shared.consumer import Handlers, Transaction, handlers_of, on
-from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, SegmentChanged
+from shared.events import (
+    CustomerErased,
+    CustomerLinked,
+    ErasureRecorded,
+    FunnelStageChanged,
+    SegmentChanged,
+)
 from shared.identity import drop_outgoing_about, later_move, on_erasure_recorded
 
 
@@ -54,7 +66,8 @@ async def apply_changes(tx: Transaction, grace: timedelta) -> None:
     triggers = await _triggers(tx)
     triggered = [triggered_by(event, triggers) for event in events]
     changes = Changes(tx, grace)
-    await changes.read(events, [key for each in triggered for _, key in each])
+    await changes.read(events, [key for each in triggered for _, key in each],
+                       {event.customer_id for event in events if may_cancel(event, triggers)})
     for event, policies_triggered in zip(events, triggered, strict=True):
         if isinstance(event, SegmentChanged):
             await on_segment_changed(event, changes, triggers, policies_triggered)
@@ -79,6 +92,13 @@ def triggered_by(event: SegmentChanged | FunnelStageChanged, triggers: Triggers)
         return []
     key = event.dedupe_key()
     return [(v, f"{kind}|{key}|{v.policy.key}") for v in matches]
+
+
+def may_cancel(event: SegmentChanged | FunnelStageChanged, triggers: Triggers) -> bool:
+    """Does the event name policies whose open follow-ups it cancels?"""
+    if isinstance(event, SegmentChanged):
+        return event.change != "entered" and bool(triggers.cancelled_by_exit(event.segment))
+    return bool(triggers.cancelled_by_move(event.funnel, event.to_stage))
 
 
 async def on_segment_changed(event: SegmentChanged, changes: Changes, triggers: Triggers,
