@@ -17,6 +17,7 @@ from services.segmentation.rules import FUNNEL_FIELD
 from services.segmentation.store import customer_events, funnel_stages, memberships, profiles
 from shared.identity import chunks
 from shared.rules import MISSING, Behaviour, EventFacts, Rule, behaviours, evaluate, fields, lookup
+from shared.store import among
 
 # Profile fields kept as columns of the profiles table.
 PROFILE_NUMBERS = {"event_count": profiles.c.event_count, "order_count": profiles.c.order_count,
@@ -78,7 +79,7 @@ async def _load(session: AsyncSession, rules: list[Rule], now: datetime, chunk: 
         wanted_columns.add(profiles.c.traits)
     query = select(*sorted(wanted_columns, key=lambda c: c.name)).order_by(profiles.c.customer_id)
     if chunk is not None:
-        query = query.where(profiles.c.customer_id.in_(chunk))
+        query = query.where(among(profiles.c.customer_id, chunk, session))
     rows = (await session.execute(query)).all()
     ids = [r.customer_id for r in rows]
     index = {c: i for i, c in enumerate(ids)}
@@ -121,7 +122,7 @@ async def _from_memberships(session: AsyncSession, family: str, index: dict[str,
     column: list[Any] = [MISSING] * len(index)
     query = select(memberships.c.customer_id, memberships.c.segment).where(memberships.c.segment.startswith(family))
     if chunk is not None:
-        query = query.where(memberships.c.customer_id.in_(chunk))
+        query = query.where(among(memberships.c.customer_id, chunk, session))
     for customer, segment in await session.execute(query):
         if (i := index.get(customer)) is not None:
             column[i] = segment.removeprefix(family)
@@ -132,7 +133,7 @@ async def _funnel_stage(session: AsyncSession, funnel: str, index: dict[str, int
     column: list[Any] = [MISSING] * len(index)
     query = select(funnel_stages.c.customer_id, funnel_stages.c.stage).where(funnel_stages.c.funnel == funnel)
     if chunk is not None:
-        query = query.where(funnel_stages.c.customer_id.in_(chunk))
+        query = query.where(among(funnel_stages.c.customer_id, chunk, session))
     for customer, stage in await session.execute(query):
         if (i := index.get(customer)) is not None and stage is not None:
             column[i] = stage
@@ -147,7 +148,7 @@ async def _behaviour_counts(
     query = select(*wanted).where(customer_events.c.name == behaviour.event,
                                   customer_events.c.at > now - timedelta(days=behaviour.within_days))
     if chunk is not None:
-        query = query.where(customer_events.c.customer_id.in_(chunk))
+        query = query.where(among(customer_events.c.customer_id, chunk, session))
     rows = (await session.execute(query)).all()
     if behaviour.where is not None:
         passed = evaluate(behaviour.where, EventFacts([orjson.loads(r.properties) for r in rows]))

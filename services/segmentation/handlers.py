@@ -6,6 +6,7 @@ after its links and erasures gives the state the events would give one by one.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from services.segmentation.custom import evaluate_custom
@@ -30,11 +31,15 @@ class Batch:
 
 def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
     def batch(tx: Transaction) -> Batch:
-        found: Batch = tx.state.setdefault("segmentation", Batch())
+        found: Batch | None = tx.state.get("segmentation")
+        if found is None:
+            found = tx.state["segmentation"] = Batch()
         return found
 
-    def evaluate(customer: str, tx: Transaction) -> None:
-        batch(tx).dirty.add(customer)
+    def evaluate(customers: Collection[str], tx: Transaction) -> None:
+        if not customers:
+            return
+        batch(tx).dirty.update(customers)
 
         async def evaluate_dirty() -> None:
             customers = sorted(batch(tx).dirty)
@@ -45,13 +50,15 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
         tx.defer("segmentation.evaluate", evaluate_dirty)
 
     async def on_interaction(event: Interaction, tx: Transaction) -> None:
-        batch(tx).interactions.append(event)
-        tx.defer("segmentation.record", lambda: record(tx))
+        interactions = batch(tx).interactions
+        if not interactions:  # the first since they were last recorded: they will be, at the batch's end
+            tx.defer("segmentation.record", lambda: record(tx))
+        interactions.append(event)
 
     async def on_linked(event: CustomerLinked, tx: Transaction) -> None:
         await record_stages(tx)  # the stage changes before it first, as they came
         await merge_customer(tx.session, event.merged_id, event.customer_id, tx.now, tx.outbox)
-        evaluate(event.customer_id, tx)
+        evaluate([event.customer_id], tx)
 
     async def on_funnel_stage(event: FunnelStageChanged, tx: Transaction) -> None:
         """The customer's latest stage per funnel (latest recorded move, so late ones do not win),
@@ -67,14 +74,12 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
         changed = await record_stage_moves(tx.session, moves, known) if moves else set()
         if events:
             changed |= await record_interactions(tx.session, events, tx.now, retention_days, known)
-        for customer in changed:
-            evaluate(customer, tx)
+        evaluate(changed, tx)
 
     async def record_stages(tx: Transaction) -> None:
         moves, batch(tx).stages = batch(tx).stages, []
         if moves:
-            for customer in await record_stage_moves(tx.session, moves, await identities(tx.session, [], moves)):
-                evaluate(customer, tx)
+            evaluate(await record_stage_moves(tx.session, moves, await identities(tx.session, [], moves)), tx)
 
     async def on_erased(event: CustomerErased, tx: Transaction) -> None:
         await record_stages(tx)

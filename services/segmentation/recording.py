@@ -22,6 +22,7 @@ from services.segmentation.feedback import record_answers, refresh_feedback
 from services.segmentation.store import (
     customer_events,
     erasures,
+    facts_marked,
     funnel_stages,
     links,
     orders,
@@ -32,8 +33,9 @@ from services.segmentation.store import (
 from shared.bulk import BulkWrite, inserting_new
 from shared.events import FunnelStageChanged, Interaction
 from shared.identity import canonical_ids, chunks, erasure_times, later_move, merge_traits, relink
-from shared.keyed_rows import read_keyed, write_keyed
+from shared.keyed_rows import read_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
+from shared.store import among
 from shared.outbox import Outbox
 
 ORDER_EVENT = "Order Completed"
@@ -48,6 +50,14 @@ FOLD_INTO_PROFILES = BulkWrite(
     lambda _: update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id", type_=profiles.c.customer_id.type))
     .values({c: bindparam(f"b_{c}", type_=profiles.c[c].type) for c in FOLDED}),
     ("b_customer_id", *(f"b_{c}" for c in FOLDED)))
+NEW_PROFILES = BulkWrite(lambda _: insert(profiles), ("customer_id", *FOLDED, "order_count", "revenue"))
+NEW_STAGES = BulkWrite(lambda _: insert(funnel_stages), ("customer_id", "funnel", "stage", "at", "seq"))  # StageMove's order
+MOVED_STAGES = BulkWrite(
+    lambda _: update(funnel_stages).where(
+        funnel_stages.c.customer_id == bindparam("k_customer", type_=funnel_stages.c.customer_id.type),
+        funnel_stages.c.funnel == bindparam("k_funnel", type_=funnel_stages.c.funnel.type))
+    .values({c: bindparam(f"v_{c}", type_=funnel_stages.c[c].type) for c in ("stage", "at", "seq")}),
+    ("v_stage", "v_at", "v_seq", "k_customer", "k_funnel"))
 NEW_BEHAVIOUR = BulkWrite(inserting_new(customer_events), ("event_id", "customer_id", "name", "at", "properties"))
 
 
@@ -88,35 +98,45 @@ class Identities:
 
 async def identities(session: AsyncSession, interactions: list[Interaction], moves: list[FunnelStageChanged]) -> Identities:
     """Erasures of every id the events name, and links of the customers they are about."""
-    named = [i for e in interactions for i in (e.customer_id, e.user_id, e.anonymous_id)]
     customers = {e.customer_id for e in interactions} | {e.customer_id for e in moves}
-    erased = await erasure_times(session, erasures, [*named, *customers])
-    return Identities(erased, await canonical_ids(session, links, customers))
+    named = customers | {e.user_id for e in interactions} | {e.anonymous_id for e in interactions}
+    return Identities(await erasure_times(session, erasures, named), await canonical_ids(session, links, customers))
 
 
 async def record_interactions(session: AsyncSession, events: list[Interaction], now: datetime,
                               retention_days: float, known: Identities) -> set[str]:
     """Apply the events (`known`: `identities` of them); returns the (canonical) customers whose
-    profile changed."""
+    profile changed. One pass over the events sorts them out (issue 13: what runs per event is
+    kept to a few dictionary and list operations)."""
+    if known.erased:
+        events = [e for e in events if not known.erased_since(e.occurred_at, e.customer_id, e.user_id, e.anonymous_id)]
+    named = known.canonical.get
     by_customer: dict[str, list[Interaction]] = defaultdict(list)
-    for event in events:
-        if not known.erased_since(event.occurred_at, event.customer_id, event.user_id, event.anonymous_id):
-            by_customer[known.named(event.customer_id)].append(event)
+    placed: list[tuple[str, Interaction]] = []
+    order_rows: list[tuple[Any, ...]] = []
+    behaviour_rows: list[tuple[Any, ...]] = []
+    dumps = orjson.dumps
+    for e in events:
+        customer = named(e.customer_id, e.customer_id)
+        by_customer[customer].append(e)
+        placed.append((customer, e))
+        kind = e.type
+        if kind == "track":
+            name = e.name
+            if name:
+                if name == ORDER_EVENT:
+                    order_rows.append((e.event_id, customer, e.occurred_at, order_amount(e.properties)))
+                behaviour_rows.append((e.event_id, customer, name, e.occurred_at, dumps(e.properties)))
+        elif kind in VIEW_EVENTS:  # a page or screen view, its name in the properties kept
+            behaviour_rows.append((e.event_id, customer, VIEW_EVENTS[kind], e.occurred_at,
+                                   dumps({**e.properties, "name": e.name} if e.name else e.properties)))
     await _fold_profiles(session, by_customer)
-    placed = [(customer, e) for customer, evs in by_customer.items() for e in evs]
-    order_rows = [(e.event_id, c, e.occurred_at, order_amount(e.properties))
-                  for c, e in placed if e.type == "track" and e.name == ORDER_EVENT]
     if order_rows:
         await NEW_ORDERS.run(session, order_rows)
         await refresh_orders(session, sorted({customer for _, customer, _, _ in order_rows}))
     await record_answers(session, placed)
-    behaviour_rows = _within_retention(
-        [(e.event_id, c, name, e.occurred_at,
-          orjson.dumps({**e.properties, "name": e.name} if e.type in VIEW_EVENTS and e.name else e.properties))
-         for c, e in placed if (name := e.name if e.type == "track" else VIEW_EVENTS.get(e.type))],
-        now, retention_days)
     # no trigger marks these customers' facts changed: their profile write above did
-    await NEW_BEHAVIOUR.run(session, behaviour_rows)
+    await NEW_BEHAVIOUR.run(session, _within_retention(behaviour_rows, now, retention_days))
     return set(by_customer)
 
 
@@ -138,22 +158,47 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
     for chunk in chunks(list(by_customer)):
         held |= {r.customer_id: r for r in await session.execute(select(
             profiles.c.customer_id, profiles.c.traits, profiles.c.traits_at, profiles.c.first_seen, profiles.c.last_seen,
-            profiles.c.event_count, profiles.c.channel, profiles.c.channel_at).where(profiles.c.customer_id.in_(chunk)))}
+            profiles.c.event_count, profiles.c.channel, profiles.c.channel_at).where(among(profiles.c.customer_id, chunk, session)))}
     new, changed = [], []
     for customer, events in by_customer.items():
         row = held.get(customer)
-        p = _loaded(row) if row else None
-        for e in events:
-            p = _fold(p, e)
-        assert p is not None
-        values = _stored(p)
+        folded = _folded(_loaded(row) if row else None, events)
         if row is None:
-            new.append({"customer_id": customer, **values, "order_count": 0, "revenue": 0.0})
+            new.append((customer, *folded, 0, 0.0))
         else:
-            changed.append((customer, *(values[c] for c in FOLDED)))
-    if new:
-        await session.execute(insert(profiles), new)
+            changed.append((customer, *folded))
+    await NEW_PROFILES.run(session, new)
     await FOLD_INTO_PROFILES.run(session, changed)
+    facts_marked(session).update(by_customer)  # by the trigger on profiles: `apply` marks none of them again
+
+
+def _folded(p: dict[str, Any] | None, events: list[Interaction]) -> tuple[Any, ...]:
+    """The profile (`FOLDED` columns, traits encoded) after these events: what folding them one
+    at a time with `_fold` gives, in a loop over the events that makes no dictionaries."""
+    first = events[0]
+    if p is None:
+        traits: dict[str, Any] = {}
+        traits_at: dict[str, str] = {}
+        first_seen = last_seen = channel_at = first.occurred_at
+        channel, count = first.channel, 0
+    else:
+        traits, traits_at = p["traits"], p["traits_at"]
+        first_seen, last_seen, count = p["first_seen"], p["last_seen"], p["event_count"]
+        channel, channel_at = p["channel"], p["channel_at"]
+    for e in events:
+        at = e.occurred_at
+        if at < first_seen:
+            first_seen = at
+        if at > last_seen:
+            last_seen = at
+        if channel_at is None or at < channel_at:  # an earlier touch: its channel is the first
+            channel, channel_at = e.channel, at
+        if e.traits:  # per trait, the value set latest (merge_traits)
+            stamp = at.isoformat()
+            for name, value in e.traits.items():
+                if name not in traits_at or stamp >= traits_at[name]:
+                    traits[name], traits_at[name] = value, stamp
+    return (orjson.dumps(traits), orjson.dumps(traits_at), first_seen, last_seen, count + len(events), channel, channel_at)
 
 
 def _loaded(row: Row[Any]) -> dict[str, Any]:
@@ -194,7 +239,7 @@ async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
               "revenue": select(func.coalesce(func.sum(orders.c.amount), 0.0)).where(theirs),
               "last_order_at": select(func.max(orders.c.at)).where(theirs)}
     for chunk in chunks(customers):
-        await session.execute(update(profiles).where(profiles.c.customer_id.in_(chunk))
+        await session.execute(update(profiles).where(among(profiles.c.customer_id, chunk, session))
                               .values({column: total.scalar_subquery() for column, total in totals.items()}))
 
 
@@ -214,27 +259,32 @@ async def keep_later_stages(session: AsyncSession, moves: list[StageMove]) -> se
     move never wins, whether it comes on funnel.v1 or with a merged customer. Returns whose stage
     was written."""
     held = await read_keyed(session, funnel_stages, "funnel", ((m.customer_id, m.funnel) for m in moves))
-    written: dict[tuple[str, str], dict[str, Any]] = {}
-    inserted: set[tuple[str, str]] = set()
+    latest: dict[tuple[str, str], StageMove] = {}
     for move in moves:
         key = (move.customer_id, move.funnel)
-        row = held.get(key)
-        if row is None:
-            inserted.add(key)
-        elif not later_move(move.seq, move.at, row["seq"], row["at"]):
+        before = latest.get(key)
+        if before is not None:
+            if not later_move(move.seq, move.at, before.seq, before.at):
+                continue
+        elif (row := held.get(key)) is not None and not later_move(move.seq, move.at, row["seq"], row["at"]):
             continue
-        held[key] = written[key] = move._asdict()
-    await write_keyed(session, funnel_stages, "funnel", written, inserted)
-    return {customer for customer, _ in written}
+        latest[key] = move
+    # Rows in one order, (customer, funnel), in every writer: two that meet wait, not deadlock.
+    written = sorted(latest.items())
+    await NEW_STAGES.run(session, [move for key, move in written if key not in held])
+    await MOVED_STAGES.run(session, [(m.stage, m.at, m.seq, m.customer_id, m.funnel) for key, m in written if key in held])
+    return {customer for customer, _ in latest}
 
 
 async def record_stage_moves(session: AsyncSession, events: list[FunnelStageChanged], known: Identities) -> set[str]:
     """Each move, in order, replaces the held stage of its (canonical customer, funnel) if it is
     the later one; moves about a customer erased after them are dropped (`known`: `identities` of
     them). Returns who moved."""
-    return await keep_later_stages(session, [
-        StageMove(known.named(e.customer_id), e.funnel, e.to_stage, e.at, e.order)
-        for e in events if not known.erased_since(e.at, e.customer_id)])
+    if known.erased:
+        events = [e for e in events if not known.erased_since(e.at, e.customer_id)]
+    named = known.canonical.get
+    return await keep_later_stages(session, [StageMove(named(e.customer_id, e.customer_id), e.funnel, e.to_stage, e.at, e.order)
+                                             for e in events])
 
 
 async def merge_customer(session: AsyncSession, merged_id: str, customer: str, now: datetime, outbox: Outbox) -> None:

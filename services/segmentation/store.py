@@ -3,16 +3,43 @@ queries the API and the scheduled pass make of them (the writes that follow even
 the rules they apply: recording.py, evaluation.py, custom.py, feedback.py)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, Row, String, Table, Text, func, select, update
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, Row, String, Table, Text, bindparam, func,
+                        select, text, update)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables, canonical_ids
-from shared.store import BigId, UTCDateTime, add_bus_tables, insert_ignoring_conflicts, make_metadata
+from shared.store import BigId, UTCDateTime, add_bus_tables, dialect_of, insert_ignoring_conflicts, make_metadata
+
+
+
+class UTCTime(UTCDateTime):
+    """UTCDateTime, bound on SQLite without its conversion to UTC when the time is in UTC already
+    (every time an event or the clock gives): datetime's own isoformat, in C, cut of its "+00:00",
+    is the same text in about half the time (several times per consumed event, issue 13).
+    tests/segmentation/test_contract.py holds the two the same."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        general = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def to_text(value: datetime | None) -> Any:
+            if value is not None:
+                text = value.isoformat(" ", "microseconds")
+                if text.endswith("+00:00"):
+                    return text[:-6]
+            return general(value)  # another zone, or naive (refused)
+
+        return to_text
+
 
 metadata = make_metadata()
 bus_tables = add_bus_tables(metadata)
@@ -25,14 +52,14 @@ profiles = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("traits", LargeBinary, nullable=False),
     Column("traits_at", LargeBinary, nullable=False),
-    Column("first_seen", UTCDateTime, nullable=False),
-    Column("last_seen", UTCDateTime, nullable=False),
+    Column("first_seen", UTCTime, nullable=False),
+    Column("last_seen", UTCTime, nullable=False),
     Column("event_count", Integer, nullable=False),
     Column("order_count", Integer, nullable=False),
     Column("revenue", Float, nullable=False),
-    Column("last_order_at", UTCDateTime, index=True),
+    Column("last_order_at", UTCTime, index=True),
     Column("channel", String(50)),
-    Column("channel_at", UTCDateTime),
+    Column("channel_at", UTCTime),
     # Written by the population recompute (value tier and RFM are relative to all buyers).
     Column("value_tier", String(20)),
     Column("rfm_r", Integer),
@@ -41,9 +68,9 @@ profiles = Table(
     Column("rfm_label", String(40)),
     # The latest survey answers (docs/api.md section 11), from survey_answers by event time.
     Column("nps_score", Integer),
-    Column("nps_at", UTCDateTime),
+    Column("nps_at", UTCTime),
     Column("csat_score", Integer),
-    Column("csat_at", UTCDateTime),
+    Column("csat_at", UTCTime),
 )
 
 # Every order, so counts, revenue and the 365-day frequency stay right under late and repeated events.
@@ -52,7 +79,7 @@ orders = Table(
     metadata,
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False, index=True),
-    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("at", UTCTime, nullable=False, index=True),
     Column("amount", Float, nullable=False),
 )
 
@@ -61,7 +88,7 @@ memberships = Table(
     metadata,
     Column("customer_id", String(200), primary_key=True),
     Column("segment", String(200), primary_key=True),
-    Column("since", UTCDateTime, nullable=False),
+    Column("since", UTCTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_memberships_segment", "segment", "customer_id"),
 )
@@ -73,7 +100,7 @@ history = Table(
     Column("customer_id", String(200), nullable=False, index=True),
     Column("segment", String(200), nullable=False),
     Column("change", String(10), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
+    Column("at", UTCTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_membership_history_segment_at", "segment", "at"),
 )
@@ -86,7 +113,7 @@ job_runs = Table(
     "job_runs",
     metadata,
     Column("name", String(100), primary_key=True),
-    Column("last_run_at", UTCDateTime, nullable=False),
+    Column("last_run_at", UTCTime, nullable=False),
 )
 
 # Custom segments (docs/api.md section 3): the rule as the user wrote it (JSON), checked on write.
@@ -97,8 +124,8 @@ segment_definitions = Table(
     Column("name", String(200), nullable=False),
     Column("description", Text, nullable=False),
     Column("rule", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCTime, nullable=False),
+    Column("updated_at", UTCTime, nullable=False),
 )
 
 # The customer's track, page and screen events of the last SEGMENTATION_EVENTS_RETENTION_DAYS, for
@@ -110,7 +137,7 @@ customer_events = Table(
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False),
     Column("name", String(200), nullable=False),
-    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("at", UTCTime, nullable=False),  # no index of its own: (name, at) serves the prune too
     Column("properties", LargeBinary, nullable=False),
     Index("ix_customer_events_customer_name_at", "customer_id", "name", "at"),
     Index("ix_customer_events_name_at", "name", "at"),
@@ -123,7 +150,7 @@ funnel_stages = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("funnel", String(100), primary_key=True),
     Column("stage", String(100)),
-    Column("at", UTCDateTime, nullable=False),
+    Column("at", UTCTime, nullable=False),
     Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
 )
 
@@ -136,16 +163,17 @@ survey_answers = Table(
     Column("customer_id", String(200), nullable=False),
     Column("survey", String(10), nullable=False),
     Column("score", Integer, nullable=False),
-    Column("at", UTCDateTime, nullable=False),
+    Column("at", UTCTime, nullable=False),
     Column("channel", String(50)),
     Index("ix_survey_answers_customer_id", "customer_id", "survey", "at"),
     Index("ix_survey_answers_survey_at", "survey", "at"),
 )
 
 # Whose facts changed, and when (a version in commit order), for the facts previews keep in memory
-# (facts_index.py). Written only by triggers (migration 0009) on profiles, customer_events,
-# memberships and funnel_stages; a profile deleted or renamed moves the generation instead. An
-# insert into customer_events has none (migration 0010): its customer's profile is written with it.
+# (facts_index.py). Written by triggers (migration 0009) on profiles, customer_events and
+# funnel_stages, and by `mark_facts_changed` for memberships (migration 0011); a profile deleted or
+# renamed moves the generation instead. An insert into customer_events has no trigger (migration
+# 0010): its customer's profile is written with it.
 fact_changes = Table(
     "fact_changes",
     metadata,
@@ -161,6 +189,41 @@ fact_generation = Table(
 
 # Every table that holds rows about a customer: an erasure deletes theirs from each.
 customer_tables = (profiles, orders, memberships, history, customer_events, funnel_stages, survey_answers)
+
+
+# A customer marked once in a transaction is marked for all of it: on SQLite writers take turns and
+# readers see the transaction's writes together, on PostgreSQL every mark is the transaction's id.
+_MARKED = "segmentation.facts_marked"
+_MARK = {
+    "sqlite": "(SELECT coalesce(max(version), 0) + 1 FROM fact_changes)",  # as migration 0009's triggers
+    "postgresql": "pg_current_xact_id()::text::bigint",
+}
+
+
+def facts_marked(session: AsyncSession) -> set[str]:
+    """The customers marked changed in `fact_changes` in the session's open transaction (by
+    `mark_facts_changed`, or by the profile writes that record their own: their trigger did)."""
+    transaction = session.sync_session.get_transaction()
+    held = session.info.get(_MARKED)
+    if held is None or held[0] is not transaction:
+        held = session.info[_MARKED] = (transaction, set())
+    marked: set[str] = held[1]
+    return marked
+
+
+async def mark_facts_changed(session: AsyncSession, customers: Iterable[str]) -> None:
+    """These customers' facts changed (their memberships): marked as migration 0009's triggers
+    mark them (only a customer with a profile; not again in the same transaction)."""
+    marked = facts_marked(session)
+    wanted = sorted(set(customers) - marked)
+    if not wanted:
+        return
+    await session.execute(text(
+        f"INSERT INTO fact_changes (customer_id, version) SELECT :c, {_MARK[dialect_of(session)]} "
+        "WHERE EXISTS (SELECT 1 FROM profiles WHERE customer_id = :c) "
+        "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version").bindparams(
+            bindparam("c", type_=String)), [{"c": c} for c in wanted])
+    marked.update(wanted)
 
 
 async def canonical(session: AsyncSession, customer_id: str) -> str:
