@@ -39,9 +39,9 @@ from shared.events import (
     to_iso,
 )
 from shared.identity import chunks, erase, erased_ids, erasure_times, relink
-from shared.keyed_rows import Key, read_keyed, write_keyed
+from shared.keyed_rows import Key, read_keyed
 from shared.outbox import Outbox
-from shared.store import insert_ignoring_conflicts
+from shared.store import among, insert_ignoring_conflicts
 
 OPEN = ("pending", "due", "overdue")
 SWEEP_CHUNK = 20_000  # moves read and written at a time (bounded memory however many fall due)
@@ -437,8 +437,8 @@ class Changes:
 
     async def write(self) -> None:
         await self._flush()
-        await write_keyed(self.session, memberships, "segment", *self.written[memberships])
-        await write_keyed(self.session, stages, "funnel", *self.written[stages])
+        await _WRITE_MEMBERSHIPS.write(self.session, *self.written[memberships])
+        await _WRITE_STAGES.write(self.session, *self.written[stages])
 
     def create(self, versioned: Versioned, customer: str, due_at: datetime, reason: str, trigger_key: str) -> None:
         """As `create` does, decided in memory: inserted by `write`."""
@@ -505,6 +505,30 @@ _CLOSE = BulkWrite(lambda _: update(followups).where(followups.c.id == bindparam
     ("k_id", "v_status", "v_completed_at", "v_reason"))
 
 
+class _KeyedWrites:
+    """shared.keyed_rows.write_keyed for one table, through the driver (shared/bulk.py): the new
+    rows inserted, the others replacing what is held, the rows given as tuples."""
+
+    def __init__(self, table: Table, name: str) -> None:
+        self.name = name
+        self.columns = tuple(c.name for c in table.columns)
+        self.values = tuple(c for c in self.columns if c not in ("customer_id", name))
+        self.insert = BulkWrite(lambda _: insert(table), self.columns)
+        self.update = BulkWrite(lambda _: update(table).where(
+            table.c.customer_id == bindparam("k_customer"), table.c[name] == bindparam("k_name")).values(
+            {c: bindparam(f"v_{c}", type_=table.c[c].type) for c in self.values}),
+            ("k_customer", "k_name", *(f"v_{c}" for c in self.values)))
+
+    async def write(self, session: AsyncSession, rows: dict[Key, dict[str, Any]], inserted: set[Key]) -> None:
+        await self.insert.run(session, [tuple(row[c] for c in self.columns) for key, row in rows.items() if key in inserted])
+        await self.update.run(session, [(row["customer_id"], row[self.name], *(row[c] for c in self.values))
+                                        for key, row in rows.items() if key not in inserted])
+
+
+_WRITE_MEMBERSHIPS = _KeyedWrites(memberships, "segment")
+_WRITE_STAGES = _KeyedWrites(stages, "funnel")
+
+
 async def merge_customer(session: AsyncSession, merged: str, customer: str, now: datetime, outbox: Outbox,
                          grace: timedelta) -> None:
     """A customers.v1 link: the merged id's follow-ups and state become the customer's; where both
@@ -537,7 +561,8 @@ async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[
     """The trigger keys that made a follow-up already (redelivered or replayed events)."""
     found: set[str] = set()
     for chunk in chunks(sorted(set(trigger_keys))):
-        found.update(await session.scalars(select(followups.c.trigger_key).where(followups.c.trigger_key.in_(chunk))))
+        found.update(await session.scalars(select(followups.c.trigger_key).where(
+            among(followups.c.trigger_key, chunk, session))))
     return found
 
 
@@ -546,7 +571,7 @@ async def _open_followups(session: AsyncSession, customers: list[str]) -> dict[s
     of `customers`."""
     found: dict[str, list[dict[str, Any]]] = {c: [] for c in customers}
     for chunk in chunks(customers):
-        rows = await session.execute(select(followups).where(followups.c.customer_id.in_(chunk),
+        rows = await session.execute(select(followups).where(among(followups.c.customer_id, chunk, session),
                                                              followups.c.status.in_(OPEN)))
         for row in rows.mappings():
             found[row["customer_id"]].append(dict(row))
@@ -558,7 +583,7 @@ async def _open_policies(session: AsyncSession, customers: list[str]) -> default
     found: defaultdict[str, set[str]] = defaultdict(set)
     for chunk in chunks(customers):
         rows = await session.execute(select(followups.c.customer_id, followups.c.policy).where(
-            followups.c.customer_id.in_(chunk), followups.c.status.in_(OPEN)))
+            among(followups.c.customer_id, chunk, session), followups.c.status.in_(OPEN)))
         for customer, policy in rows.tuples():
             found[customer].add(policy)
     return found
