@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,13 +98,19 @@ class StageMasks:
         self._plans: dict[tuple[str, str | None], tuple[int, tuple[tuple[int, tuple[Rule, ...]], ...]]] = {}
 
     def __call__(self, type_: str, name: str | None, document: dict[str, Any]) -> int:
+        return self.lazily(type_, name, lambda: document)
+
+    def lazily(self, type_: str, name: str | None, document: Callable[[], dict[str, Any]]) -> int:
+        """The mask, the document made (`document()`) only when a `where` rule is left to test."""
         plan = self._plans.get((type_, name))
         if plan is None:
             plan = self._plans[(type_, name)] = self._plan(type_, name)
         mask, conditional = plan
-        for bit, rules in conditional:
-            if any(matches(rule, document) for rule in rules):
-                mask |= bit
+        if conditional:
+            made = document()
+            for bit, rules in conditional:
+                if any(matches(rule, made) for rule in rules):
+                    mask |= bit
         return mask
 
     def _plan(self, type_: str, name: str | None) -> tuple[int, tuple[tuple[int, tuple[Rule, ...]], ...]]:
@@ -262,8 +268,45 @@ def counted_attempt(funnel: Funnel, matched: Sequence[Matched]) -> Attempt:
     For a fixed start, taking the earliest event that fits a stage never reaches less far (any
     later one can be swapped for it), so later ones are tried only when the next stage has its own
     window from this one (`max_days_from_previous`) or when the earliest are already used (events
-    at equal times). Later starts are always tried: their window ends later."""
+    at equal times). Later starts are always tried: their window ends later.
+
+    Without per-stage windows and with no two events at one time (the usual customer), that
+    comes down to `_earliest_attempt`."""
     events = sorted(matched, key=lambda e: (e.at, e.event_id))
+    if all(s.max_days_from_previous is None for s in funnel.stages) and all(
+            a.at < b.at for a, b in zip(events, events[1:], strict=False)):
+        return _earliest_attempt(funnel, events)
+    return _searched_attempt(funnel, events)
+
+
+def _earliest_attempt(funnel: Funnel, events: list[Matched]) -> Attempt:
+    """`counted_attempt` for a funnel without per-stage windows, over events in time order at
+    different times. From a start, taking the earliest later event of each next stage gives the
+    earliest times and reaches furthest (any later one can be swapped for it); a later start gives
+    later times, so the first start reaching furthest counts."""
+    k = len(funnel.stages)
+    window = funnel.conversion_window_days * DAY
+    positions = [[i for i, e in enumerate(events) if e.stages >> stage & 1] for stage in range(k)]
+    best: tuple[Matched, ...] = ()
+    for start in positions[0]:
+        end = events[start].at + window
+        path, last = [events[start]], start
+        for stage in range(1, k):
+            found = positions[stage]
+            j = bisect_right(found, last)
+            if j == len(found) or events[found[j]].at > end:
+                break
+            last = found[j]
+            path.append(events[last])
+        if len(path) > len(best):
+            best = tuple(path)
+            if len(best) == k:
+                break
+    return Attempt(best)
+
+
+def _searched_attempt(funnel: Funnel, events: list[Matched]) -> Attempt:
+    """`counted_attempt` in general: the search, over events in (time, id) order."""
     k = len(funnel.stages)
     by_stage = [[e for e in events if e.stages >> i & 1] for i in range(k)]
     times = [[e.at for e in stage] for stage in by_stage]

@@ -17,6 +17,8 @@ from services.funnel.logic import (
     Funnel,
     Matched,
     StageMasks,
+    _earliest_attempt,
+    _searched_attempt,
     counted_attempt,
     event_document,
     parse_funnel,
@@ -260,6 +262,22 @@ def test_counted_attempt_matches_the_brute_force_reference(seed: int) -> None:
         expected = reference_attempt(f, events)
         shuffled = rng.sample(events, len(events))
         assert counted_attempt(f, shuffled).times == expected, (f, events)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_usual_customer_takes_the_short_way_to_the_same_attempt(seed: int) -> None:
+    """Without per-stage windows and with every event at its own time, counted_attempt takes the
+    earliest event of each stage from each start: the attempt is the search's, and the reference's."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        k = rng.randint(1, 5)
+        f = funnel(*[None] * k, window=rng.choice([1, 2, 3, 5, 30]))
+        times = rng.sample(range(60), rng.randint(0, 7))
+        events = [Matched(T + t * DAY / 4, f"e{rng.randint(0, 99)}-{n}", rng.randint(1, 2**k - 1)) for n, t in enumerate(times)]
+        in_order = sorted(events, key=lambda e: (e.at, e.event_id))
+        got = counted_attempt(f, rng.sample(events, len(events)))
+        assert got == _earliest_attempt(f, in_order) == _searched_attempt(f, in_order), (f, events)
+        assert got.times == reference_attempt(f, events)
 
 
 class TestReport:
