@@ -39,7 +39,7 @@ class Fact(NamedTuple):
 
 def product_id(item: Any) -> str | None:
     """`product_id`, else `sku`, as text; None when neither is usable."""
-    if not isinstance(item, Mapping):
+    if type(item) is not dict and not isinstance(item, Mapping):  # the ABC check only for what is not a dict
         return None
     for key in ("product_id", "sku"):
         value = item.get(key)

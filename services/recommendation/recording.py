@@ -26,6 +26,7 @@ from services.recommendation.store import (
 from shared.bulk import BulkWrite, inserting_new
 from shared.events import CustomerErased, Interaction
 from shared.identity import canonical_ids, chunks, erase, not_erased, relink
+from shared.store import among
 
 # The batch's rows go to the driver as tuples, compiled once (shared/bulk.py): SQLAlchemy's own
 # executemany builds and walks a dict per row, more than the rest of recording a fact (issue 13).
@@ -69,7 +70,7 @@ async def _keep_countries(session: AsyncSession, latest: dict[str, tuple[float, 
     """Per customer, the country named latest (by event time) wins, in whatever order they come."""
     for chunk in chunks(sorted(latest)):
         held = dict((await session.execute(select(countries.c.customer_id, countries.c.at)
-                                           .where(countries.c.customer_id.in_(chunk)))).tuples().all())
+                                           .where(among(countries.c.customer_id, chunk, session)))).tuples().all())
         rows = [{"customer_id": c, "country": latest[c][1], "at": latest[c][0]} for c in chunk]
         new = [row for row in rows if row["customer_id"] not in held]
         later = [row for row in rows if row["customer_id"] in held and row["at"] >= held[row["customer_id"]]]
