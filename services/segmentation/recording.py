@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import Wanted, apply
@@ -46,11 +46,41 @@ VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
 NEW_ORDERS = BulkWrite(inserting_new(orders), ("event_id", "customer_id", "at", "amount"))
 # What events fold into a held profile (`_fold`): written back per customer.
 FOLDED = ("traits", "traits_at", "first_seen", "last_seen", "event_count", "channel", "channel_at")
-FOLD_INTO_PROFILES = BulkWrite(
-    lambda _: update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id", type_=profiles.c.customer_id.type))
-    .values({c: bindparam(f"b_{c}", type_=profiles.c[c].type) for c in FOLDED}),
-    ("b_customer_id", *(f"b_{c}" for c in FOLDED)))
-NEW_PROFILES = BulkWrite(lambda _: insert(profiles), ("customer_id", *FOLDED, "order_count", "revenue"))
+
+
+def order_totals(customer: ColumnElement[str]) -> dict[str, Any]:
+    """Order count, revenue and last order of `customer`, from its orders: summed where the rows
+    are (no round trip of the totals through Python)."""
+    theirs = orders.c.customer_id == customer
+    return {"order_count": select(func.count()).where(theirs).scalar_subquery(),
+            "revenue": select(func.coalesce(func.sum(orders.c.amount), literal_column("0.0"))).where(theirs).scalar_subquery(),
+            "last_order_at": select(func.max(orders.c.at)).where(theirs).scalar_subquery()}
+
+
+def _folding(with_orders: bool) -> BulkWrite:
+    """The update of a held profile with its events (`FOLDED`), and its order totals when the
+    batch has orders of its customer (one write of the row, one mark of its facts)."""
+    def build(_: str) -> Any:
+        values: dict[str, Any] = {c: bindparam(f"b_{c}", type_=profiles.c[c].type) for c in FOLDED}
+        return (update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id", type_=profiles.c.customer_id.type))
+                .values(values | (order_totals(profiles.c.customer_id) if with_orders else {})))
+    return BulkWrite(build, ("b_customer_id", *(f"b_{c}" for c in FOLDED)))
+
+
+def _creating(with_orders: bool) -> BulkWrite:
+    """The insert of a new profile: no orders, or the order totals of the orders the batch holds."""
+    if not with_orders:
+        return BulkWrite(lambda _: insert(profiles), ("customer_id", *FOLDED, "order_count", "revenue"))
+
+    def build(_: str) -> Any:
+        values: dict[str, Any] = {c: bindparam(c, type_=profiles.c[c].type) for c in ("customer_id", *FOLDED)}
+        return insert(profiles).values(values | order_totals(bindparam("customer_id", type_=profiles.c.customer_id.type)))
+    return BulkWrite(build, ("customer_id", *FOLDED))
+
+
+FOLD_INTO_PROFILES = {with_orders: _folding(with_orders) for with_orders in (False, True)}
+NEW_PROFILES = {with_orders: _creating(with_orders) for with_orders in (False, True)}
+NO_ORDERS = (0, 0.0)  # a new profile's order count and revenue
 NEW_STAGES = BulkWrite(lambda _: insert(funnel_stages), ("customer_id", "funnel", "stage", "at", "seq"))  # StageMove's order
 MOVED_STAGES = BulkWrite(
     lambda _: update(funnel_stages).where(
@@ -130,10 +160,9 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
         elif kind in VIEW_EVENTS:  # a page or screen view, its name in the properties kept
             behaviour_rows.append((e.event_id, customer, VIEW_EVENTS[kind], e.occurred_at,
                                    dumps({**e.properties, "name": e.name} if e.name else e.properties)))
-    await _fold_profiles(session, by_customer)
     if order_rows:
-        await NEW_ORDERS.run(session, order_rows)
-        await refresh_orders(session, sorted({customer for _, customer, _, _ in order_rows}))
+        await NEW_ORDERS.run(session, order_rows)  # first: the profile writes sum them up
+    await _fold_profiles(session, by_customer, {customer for _, customer, _, _ in order_rows})
     await record_answers(session, placed)
     # no trigger marks these customers' facts changed: their profile write above did
     await NEW_BEHAVIOUR.run(session, _within_retention(behaviour_rows, now, retention_days))
@@ -153,22 +182,28 @@ def _within_retention(rows: list[tuple[Any, ...]], now: datetime, retention_days
     return kept
 
 
-async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Interaction]]) -> None:
+async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Interaction]], ordering: set[str]) -> None:
+    """Each customer's profile with their events folded in; with their order totals again, from
+    the orders table, for those with orders among them (`ordering`)."""
     held: dict[str, Any] = {}
     for chunk in chunks(list(by_customer)):
         held |= {r.customer_id: r for r in await session.execute(select(
             profiles.c.customer_id, profiles.c.traits, profiles.c.traits_at, profiles.c.first_seen, profiles.c.last_seen,
             profiles.c.event_count, profiles.c.channel, profiles.c.channel_at).where(among(profiles.c.customer_id, chunk, session)))}
-    new, changed = [], []
+    new: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
+    changed: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
     for customer, events in by_customer.items():
         row = held.get(customer)
-        folded = _folded(_loaded(row) if row else None, events)
-        if row is None:
-            new.append((customer, *folded, 0, 0.0))
+        folded = (customer, *_folded(_loaded(row) if row else None, events))
+        if row:
+            changed[customer in ordering].append(folded)
+        elif customer in ordering:
+            new[True].append(folded)
         else:
-            changed.append((customer, *folded))
-    await NEW_PROFILES.run(session, new)
-    await FOLD_INTO_PROFILES.run(session, changed)
+            new[False].append((*folded, *NO_ORDERS))
+    for with_orders in (False, True):
+        await NEW_PROFILES[with_orders].run(session, new[with_orders])
+        await FOLD_INTO_PROFILES[with_orders].run(session, changed[with_orders])
     facts_marked(session).update(by_customer)  # by the trigger on profiles: `apply` marks none of them again
 
 
@@ -233,14 +268,10 @@ def _combined(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
 
 async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
     """Order count, revenue and last order of these customers, from their orders: one UPDATE per
-    chunk that sums where the rows are (no round trip of the totals through Python)."""
-    theirs = orders.c.customer_id == profiles.c.customer_id
-    totals = {"order_count": select(func.count()).where(theirs),
-              "revenue": select(func.coalesce(func.sum(orders.c.amount), 0.0)).where(theirs),
-              "last_order_at": select(func.max(orders.c.at)).where(theirs)}
+    chunk that sums where the rows are."""
     for chunk in chunks(customers):
         await session.execute(update(profiles).where(among(profiles.c.customer_id, chunk, session))
-                              .values({column: total.scalar_subquery() for column, total in totals.items()}))
+                              .values(order_totals(profiles.c.customer_id)))
 
 
 class StageMove(NamedTuple):

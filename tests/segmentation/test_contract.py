@@ -67,6 +67,22 @@ class TestTimesBoundOnSQLite:
         assert ours(at) == theirs(at)
         assert ours(None) is theirs(None) is None
 
+    def test_a_time_bound_again_and_between_others_is_the_same_text(self) -> None:
+        ours, theirs = self.binders(sqlite.dialect())
+        for at in [*self.TIMES, self.TIMES[0], self.TIMES[0], None, self.TIMES[6], None, self.TIMES[6], self.TIMES[1]]:
+            assert ours(at) == theirs(at)
+
+    @pytest.mark.parametrize("stored", ["2024-03-01 12:30:00.000001", "2024-03-01 12:30:05", "0001-01-01 00:00:00.000000",
+                                        "9999-12-31 23:59:59.999999", "2024-03-01", "2024-03-01T12:30:00", None])
+    def test_a_stored_time_reads_as_utc_date_time_reads_it(self, stored: str | None) -> None:
+        dialect = sqlite.dialect()
+        ours = UTCTime().dialect_impl(dialect).result_processor(dialect, None)
+        theirs = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+        assert ours(stored) == theirs(stored)
+        if stored is not None:
+            assert ours(stored).tzinfo is theirs(stored).tzinfo is UTC
+            assert ours(ours(stored).isoformat(" ", "microseconds")[:-6]) == theirs(stored)  # read back as written
+
     def test_a_naive_time_is_refused(self) -> None:
         ours, theirs = self.binders(sqlite.dialect())
         for bind in (ours, theirs):

@@ -129,6 +129,26 @@ class TestPreviewCache:
         ref.orders["dee"].append((-1, 120))
         assert await preview(seg) == expected(ref.matches(0)) == expected(["dee"])
 
+    async def test_lifecycle_moved_by_the_scheduled_pass_alone_is_seen(self, seg: Segmentation) -> None:
+        """A membership the scheduled pass changes, with no other write about the customer (time
+        moved the only buyer's last order past at_risk_days, 90: their value tier and RFM scores
+        stay), marks their facts changed: a preview on lifecycle sees it, as it sees the
+        memberships the consumer's batches change."""
+        at_risk = {"field": "lifecycle", "op": "eq", "value": "at_risk"}
+
+        async def at_risk_now() -> dict[str, Any]:
+            response = await seg.client.post("/api/segments:preview", json={"rule": at_risk}, headers=READER)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        await seg.send(order("o-ann", "ann", days=-1, revenue=10), identify("i-cy", "cy", days=0, plan="free"))
+        await seg.advance(days=1)  # the first pass gives ann her value tier and RFM scores
+        assert await at_risk_now() == expected([])  # builds the facts
+        await seg.advance(days=95)  # ann's last order is 97 days old: nothing else about her moves
+        assert await at_risk_now() == expected(["ann"])
+        await seg.send(order("o-ann-2", "ann", days=95, revenue=10))  # a batch moves her back
+        assert await at_risk_now() == expected([])
 
 def test_reference_window_is_strict() -> None:
     """The reference counts orders strictly after now - 30 days, as the rule does (`at > since`)."""
