@@ -246,7 +246,9 @@ def changed_record(customer: str, followup_id: str, change: str, policy: str | N
 async def close(session: AsyncSession, where: Any, status: str, now: datetime, outbox: Outbox, grace: timedelta,
                 reason: str | None = None, **values: Any) -> list[str]:
     """Open follow-ups matching `where` become done or cancelled (final). Returns their ids."""
-    rows = (await session.execute(select(followups).where(where, followups.c.status.in_(OPEN)))).all()
+    # Locked (PostgreSQL; SQLite has one writer): a close racing another (the API's complete, a
+    # batch's cancel) waits, then finds the row no longer open and leaves it as the first left it.
+    rows = (await session.execute(select(followups).where(where, followups.c.status.in_(OPEN)).with_for_update())).all()
     ids = [row.id for row in rows]
     if ids:
         changes = {"status": status, "completed_at": now, "open_slot": None,
@@ -568,11 +570,12 @@ async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[
 
 async def _open_followups(session: AsyncSession, customers: list[str]) -> dict[str, list[dict[str, Any]]]:
     """customer -> their open follow-ups (whole rows, in the order the store gives them), for each
-    of `customers`."""
+    of `customers`; locked until the batch commits, as `close` locks what it closes: the API cannot
+    complete one the batch is about to cancel (nor the reverse)."""
     found: dict[str, list[dict[str, Any]]] = {c: [] for c in customers}
     for chunk in chunks(customers):
         rows = await session.execute(select(followups).where(among(followups.c.customer_id, chunk, session),
-                                                             followups.c.status.in_(OPEN)))
+                                                             followups.c.status.in_(OPEN)).with_for_update())
         for row in rows.mappings():
             found[row["customer_id"]].append(dict(row))
     return found
