@@ -20,7 +20,9 @@ from shared.identity import drop_outgoing_about, on_erasure_recorded
 
 def make_handlers(retention_days: float) -> Handlers:
     def pending(tx: Transaction) -> Pending:
-        found: Pending = tx.state.setdefault("funnel", Pending())
+        found: Pending | None = tx.state.get("funnel")
+        if found is None:  # once per batch (it is asked for once per event)
+            found = tx.state["funnel"] = Pending()
         return found
 
     def schedule_recount(tx: Transaction) -> None:
@@ -32,14 +34,15 @@ def make_handlers(retention_days: float) -> Handlers:
         tx.defer("funnel.recount", recount_dirty)
 
     async def on_interaction(event: Interaction, tx: Transaction) -> None:
-        pending(tx).interactions.append(event)
+        waiting = pending(tx).interactions
+        if not waiting:  # the first since the batch's were last recorded
+            tx.defer("funnel.record", lambda: record_batch(tx))
+        waiting.append(event)
 
-        async def record_batch() -> None:
-            batch, pending(tx).interactions = pending(tx).interactions, []
-            await record(tx.session, batch, tx.now, retention_days, pending(tx))
-            schedule_recount(tx)
-
-        tx.defer("funnel.record", record_batch)
+    async def record_batch(tx: Transaction) -> None:
+        batch, pending(tx).interactions = pending(tx).interactions, []
+        await record(tx.session, batch, tx.now, retention_days, pending(tx))
+        schedule_recount(tx)
 
     async def on_linked(event: CustomerLinked, tx: Transaction) -> None:
         """The merged id's events and matches become the customer's; their paths are one now."""

@@ -14,6 +14,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime
 from typing import Any
 
@@ -253,7 +254,7 @@ class Attempt:
     def depth(self) -> int:
         return len(self.events)
 
-    @property
+    @cached_property
     def times(self) -> tuple[float, ...]:
         return tuple(e.at for e in self.events)
 

@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -457,7 +458,11 @@ class Version:
     def order(self, i: int) -> str:
         """Sorts as the transitions were recorded, across edits, cleanups and re-creations of the
         funnel (funnel.v1 consumers keep the latest by it, not by the stage's event time)."""
-        return f"{self.generation:020d}.{self.number:012d}.{i:03d}"
+        return f"{self._prefix}{i:03d}"
+
+    @cached_property
+    def _prefix(self) -> str:  # once per recount, not per transition
+        return f"{self.generation:020d}.{self.number:012d}."
 
 
 async def next_version(session: AsyncSession, funnel: str) -> Version:
