@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -37,9 +38,12 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await store.dispose()
 
 
-def interaction(event_id: str, customer: str, day: int, type_: str, name: str | None = None, **parts: dict[str, object]) -> Interaction:
-    return Interaction(event_id=event_id, customer_id=customer, type=type_, name=name, occurred_at=T0 + timedelta(days=day),
-                       received_at=NOW, **parts)
+def interaction(event_id: str, customer: str, day: int, type_: str, name: str | None = None,
+                properties: dict[str, Any] | None = None, traits: dict[str, Any] | None = None,
+                context: dict[str, Any] | None = None) -> Interaction:
+    return Interaction.model_validate({
+        "event_id": event_id, "customer_id": customer, "type": type_, "name": name, "properties": properties or {},
+        "traits": traits or {}, "context": context or {}, "occurred_at": T0 + timedelta(days=day), "received_at": NOW})
 
 
 EVENTS = [
