@@ -12,11 +12,17 @@ past events move to the customer, and a `CustomerLinked` event lets other servic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Text, and_, bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.ingest.inbox import Inbound, pack
@@ -34,7 +40,7 @@ from shared.bulk import BulkWrite, inserting_new
 from shared.events import CustomerErased, CustomerLinked, Interaction, record
 from shared.identity import add_tombstones, erasure_times, id_hash
 from shared.outbox import Outbox
-from shared.store import insert_ignoring_conflicts
+from shared.store import UTCDateTime, among
 
 
 async def enqueue_all(
@@ -105,18 +111,44 @@ async def _drop_duplicates(db: AsyncConnection, messages: list[Inbound]) -> list
             sent.setdefault(m.message_id, m.received_at)  # the first copy is the one remembered
     new: set[str] = set()
     if sent:
-        remember = insert_ignoring_conflicts(seen_messages, db)
-        result = await db.execute(
-            remember.returning(seen_messages.c.message_id),
-            [{"message_id": mid, "seen_at": at} for mid, at in sent.items()],
-        )
-        new = set(result.scalars())
+        new = set((await db.execute(*_remembering(db, sent))).scalars())
     fresh = []
     for message in messages:
         if message.generated_id or message.message_id in new:
             new.discard(message.message_id)  # a repeat inside the batch is a duplicate too
             fresh.append(message)
     return fresh
+
+
+def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> tuple[Any, dict[str, Any]]:
+    """INSERT the (id, seen at) pairs unless there, RETURNING the ids inserted: the rows as one
+    or two bound parameters (a JSON array on SQLite, arrays on PostgreSQL), so the statement
+    compiles once and no parameters are built per row."""
+    if db.dialect.name == "postgresql":
+        return REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())}
+    text = SEEN_AT_TEXT(db.dialect)
+    times = {at: text(at) for at in set(sent.values())}  # a request's messages share one
+    return REMEMBER_SQLITE, {"pairs": orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()}
+
+
+def _seen_at_text(dialect: Dialect) -> Callable[[datetime], str]:
+    convert = seen_messages.c.seen_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert convert is not None  # UTCDateTime writes text on SQLite
+    return convert
+
+
+SEEN_AT_TEXT = lru_cache(maxsize=None)(_seen_at_text)
+_PAIRS = func.json_each(bindparam("pairs")).table_valued("value")
+REMEMBER_SQLITE = sqlite_insert(seen_messages).from_select(
+    ["message_id", "seen_at"],
+    # WHERE: SQLite reads an ON CONFLICT right after FROM as a join's constraint
+    select(func.json_extract(_PAIRS.c.value, "$[0]"), func.json_extract(_PAIRS.c.value, "$[1]")).where(true()),
+).on_conflict_do_nothing().returning(seen_messages.c.message_id)
+_ROWS = func.unnest(bindparam("ids", type_=ARRAY(Text())), bindparam("ats", type_=ARRAY(UTCDateTime()))).table_valued(
+    "message_id", "seen_at").render_derived()
+REMEMBER_PG = pg_insert(seen_messages).from_select(
+    ["message_id", "seen_at"], select(_ROWS.c.message_id, _ROWS.c.seen_at),
+).on_conflict_do_nothing().returning(seen_messages.c.message_id)
 
 
 async def _drop_erased(db: AsyncConnection, messages: list[Inbound]) -> list[Inbound]:
@@ -140,7 +172,7 @@ async def _stitch(db: AsyncConnection, messages: list[Inbound], outbox: Outbox) 
     """Apply the batch's new links, in order; returns id -> customer for every id the batch names.
     One read of the ids' links for the whole batch."""
     rows = await db.execute(
-        select(identities.c.alias_id, identities.c.customer_id).where(identities.c.alias_id.in_(_named_ids(messages))))
+        select(identities.c.alias_id, identities.c.customer_id).where(among(identities.c.alias_id, list(_named_ids(messages)), db)))
     links = dict(rows.tuples().all())
     members: dict[str, list[str]] = {}  # customer -> the ids above that count for it
     for alias_id, customer in links.items():
