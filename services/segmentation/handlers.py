@@ -63,8 +63,10 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
     async def on_funnel_stage(event: FunnelStageChanged, tx: Transaction) -> None:
         """The customer's latest stage per funnel (latest recorded move, so late ones do not win),
         kept for the whole batch at once before its end (or before a link or erasure in it)."""
-        batch(tx).stages.append(event)
-        tx.defer("segmentation.record", lambda: record(tx))
+        stages = batch(tx).stages
+        if not stages:  # the first since they were last recorded
+            tx.defer("segmentation.record", lambda: record(tx))
+        stages.append(event)
 
     async def record(tx: Transaction) -> None:
         """The batch's stage moves and interactions, with one read of the ids erased or merged."""
