@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.bulk import BulkWrite
 from shared.identity import chunks
 from shared.store import among
 
@@ -30,17 +31,23 @@ async def read_keyed(session: AsyncSession, table: Table, name: str, keys: Itera
     return found
 
 
-async def write_keyed(session: AsyncSession, table: Table, name: str, rows: dict[Key, dict[str, Any]],
-                      inserted: set[Key]) -> None:
-    """Write `rows` (whole rows, by key): those in `inserted` are new, the others replace what is held."""
-    new = [row for key, row in rows.items() if key in inserted]
-    changed = [row for key, row in rows.items() if key not in inserted]
-    if new:
-        await session.execute(insert(table), new)
-    if changed:
-        columns = [c for c in changed[0] if c not in ("customer_id", name)]
-        statement = update(table).where(table.c.customer_id == bindparam("k_customer"),
-                                        table.c[name] == bindparam("k_name")).values(
-            {c: bindparam(f"v_{c}") for c in columns})
-        await session.execute(statement, [{"k_customer": r["customer_id"], "k_name": r[name],
-                                           **{f"v_{c}": r[c] for c in columns}} for r in changed])
+class KeyedWrites:
+    """Writes rows of `table` keyed by (customer_id, `name`) through the driver (shared/bulk.py):
+    the new ones inserted, the others replacing what is held, each a tuple; two statements
+    compiled once, whatever the number of rows."""
+
+    def __init__(self, table: Table, name: str) -> None:
+        self.name = name
+        self.columns = tuple(c.name for c in table.columns)
+        self.values = tuple(c for c in self.columns if c not in ("customer_id", name))
+        self.insert = BulkWrite(lambda _: insert(table), self.columns)
+        self.update = BulkWrite(lambda _: update(table).where(
+            table.c.customer_id == bindparam("k_customer"), table.c[name] == bindparam("k_name")).values(
+            {c: bindparam(f"v_{c}", type_=table.c[c].type) for c in self.values}),
+            ("k_customer", "k_name", *(f"v_{c}" for c in self.values)))
+
+    async def write(self, session: AsyncSession, rows: dict[Key, dict[str, Any]], inserted: set[Key]) -> None:
+        """Write `rows` (whole rows, by key): those in `inserted` are new, the others replace what is held."""
+        await self.insert.run(session, [tuple(row[c] for c in self.columns) for key, row in rows.items() if key in inserted])
+        await self.update.run(session, [(row["customer_id"], row[self.name], *(row[c] for c in self.values))
+                                        for key, row in rows.items() if key not in inserted])

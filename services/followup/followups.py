@@ -39,7 +39,7 @@ from shared.events import (
     to_iso,
 )
 from shared.identity import chunks, erase, erased_ids, erasure_times, relink
-from shared.keyed_rows import Key, read_keyed
+from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.outbox import Outbox
 from shared.store import among, insert_ignoring_conflicts
 
@@ -507,28 +507,8 @@ _CLOSE = BulkWrite(lambda _: update(followups).where(followups.c.id == bindparam
     ("k_id", "v_status", "v_completed_at", "v_reason"))
 
 
-class _KeyedWrites:
-    """shared.keyed_rows.write_keyed for one table, through the driver (shared/bulk.py): the new
-    rows inserted, the others replacing what is held, the rows given as tuples."""
-
-    def __init__(self, table: Table, name: str) -> None:
-        self.name = name
-        self.columns = tuple(c.name for c in table.columns)
-        self.values = tuple(c for c in self.columns if c not in ("customer_id", name))
-        self.insert = BulkWrite(lambda _: insert(table), self.columns)
-        self.update = BulkWrite(lambda _: update(table).where(
-            table.c.customer_id == bindparam("k_customer"), table.c[name] == bindparam("k_name")).values(
-            {c: bindparam(f"v_{c}", type_=table.c[c].type) for c in self.values}),
-            ("k_customer", "k_name", *(f"v_{c}" for c in self.values)))
-
-    async def write(self, session: AsyncSession, rows: dict[Key, dict[str, Any]], inserted: set[Key]) -> None:
-        await self.insert.run(session, [tuple(row[c] for c in self.columns) for key, row in rows.items() if key in inserted])
-        await self.update.run(session, [(row["customer_id"], row[self.name], *(row[c] for c in self.values))
-                                        for key, row in rows.items() if key not in inserted])
-
-
-_WRITE_MEMBERSHIPS = _KeyedWrites(memberships, "segment")
-_WRITE_STAGES = _KeyedWrites(stages, "funnel")
+_WRITE_MEMBERSHIPS = KeyedWrites(memberships, "segment")
+_WRITE_STAGES = KeyedWrites(stages, "funnel")
 
 
 async def merge_customer(session: AsyncSession, merged: str, customer: str, now: datetime, outbox: Outbox,
