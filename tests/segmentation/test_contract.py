@@ -76,8 +76,8 @@ class TestTimesBoundOnSQLite:
                                         "9999-12-31 23:59:59.999999", "2024-03-01", "2024-03-01T12:30:00", None])
     def test_a_stored_time_reads_as_utc_date_time_reads_it(self, stored: str | None) -> None:
         dialect = sqlite.dialect()
-        ours = UTCTime().dialect_impl(dialect).result_processor(dialect, None)
-        theirs = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+        ours: Any = UTCTime().dialect_impl(dialect).result_processor(dialect, None)
+        theirs: Any = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
         assert ours(stored) == theirs(stored)
         if stored is not None:
             assert ours(stored).tzinfo is theirs(stored).tzinfo is UTC
