@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy import ClauseElement, String, Text, and_, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -36,7 +36,7 @@ from services.ingest.store import (
     quarantine,
     seen_messages,
 )
-from shared.bulk import BulkWrite, inserting_new
+from shared.bulk import BulkWrite
 from shared.events import CustomerErased, CustomerLinked, Interaction, record
 from shared.identity import add_tombstones, erasure_times, id_hash
 from shared.outbox import Outbox
@@ -70,18 +70,42 @@ async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:
         return outbox
     links = await _stitch(db, fresh, outbox)
     rows = []
+    stored = _stored_time(db.dialect)
+    times: dict[datetime, Any] = {}  # an order's lines share occurred_at
     for message in fresh:
         own = message.own_id
         customer_id = links.get(own, own)
         body = message.body(customer_id)
         outbox.add(record(Interaction, customer_id, message.message_id, body))
-        rows.append((message.message_id, customer_id, message.occurred_at, body))
+        at = message.occurred_at
+        rows.append((message.message_id, customer_id, times.get(at) or times.setdefault(at, stored(at)), body))
     compiled = NEW_EVENTS.compiled(db.dialect)
     await db.exec_driver_sql(compiled.sql, compiled.parameters(rows))
     return outbox
 
 
-NEW_EVENTS = BulkWrite(inserting_new(events), ("event_id", "customer_id", "occurred_at", "body"))
+def _new_events(dialect: str) -> ClauseElement:
+    """On SQLite occurred_at is bound as the text UTCDateTime writes (`_stored_time`)."""
+    if dialect == "sqlite":
+        return sqlite_insert(events).values(occurred_at=bindparam("occurred_at", type_=String())).on_conflict_do_nothing()
+    return pg_insert(events).on_conflict_do_nothing()
+
+
+NEW_EVENTS = BulkWrite(_new_events, ("event_id", "customer_id", "occurred_at", "body"))
+
+
+def _stored_time(dialect: Dialect) -> Callable[[datetime], Any]:
+    """How NEW_EVENTS takes occurred_at: on SQLite, the text UTCDateTime writes, made once per
+    distinct time rather than once per row; on PostgreSQL the time, as the statement binds it."""
+    return _utc_text(dialect) if dialect.name == "sqlite" else lambda at: at
+
+
+@lru_cache(maxsize=None)
+def _utc_text(dialect: Dialect) -> Callable[[datetime], str]:
+    """The text a UTCDateTime column holds on SQLite."""
+    convert = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert convert is not None
+    return convert
 
 
 def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
@@ -126,18 +150,11 @@ def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> tuple[Any, d
     compiles once and no parameters are built per row."""
     if db.dialect.name == "postgresql":
         return REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())}
-    text = SEEN_AT_TEXT(db.dialect)
+    text = _utc_text(db.dialect)
     times = {at: text(at) for at in set(sent.values())}  # a request's messages share one
     return REMEMBER_SQLITE, {"pairs": orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()}
 
 
-def _seen_at_text(dialect: Dialect) -> Callable[[datetime], str]:
-    convert = seen_messages.c.seen_at.type.dialect_impl(dialect).bind_processor(dialect)
-    assert convert is not None  # UTCDateTime writes text on SQLite
-    return convert
-
-
-SEEN_AT_TEXT = lru_cache(maxsize=None)(_seen_at_text)
 _PAIRS = func.json_each(bindparam("pairs")).table_valued("value")
 REMEMBER_SQLITE = sqlite_insert(seen_messages).from_select(
     ["message_id", "seen_at"],
