@@ -98,12 +98,34 @@ class UTCDateTime(TypeDecorator[datetime]):
         def to_text(value: datetime | None) -> str | None:
             if value is None:
                 return None
+            text = value.isoformat(" ", "microseconds")
+            if text.endswith("+00:00"):  # UTC already, whichever zone object says so: no conversion
+                return text[:-6]
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
-            utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-            return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
         return to_text
+
+    # Reading, SQLAlchemy's DATETIME parses the text with a regular expression in Python; the
+    # stored text with "+00:00" is what datetime.fromisoformat reads, in C, as aware UTC.
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
+        general = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def to_time(value: Any) -> datetime | None:
+            if isinstance(value, str):
+                try:
+                    read = datetime.fromisoformat(value + "+00:00")
+                except ValueError:
+                    pass
+                else:
+                    if read.tzinfo is UTC:  # a date and a time, no zone of its own (else: the general way)
+                        return read
+            return general(value)
+
+        return to_time
 
 
 def dialect_of(db: AsyncSession | AsyncConnection) -> str:
