@@ -8,10 +8,8 @@ only on the set of matched events, so late and repeated events give what in-orde
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +52,7 @@ from services.funnel.store import (
 )
 from shared.bulk import BulkWrite, inserting_new
 from shared.bus.base import OutgoingRecord
-from shared.events import CustomerErased, FunnelStageChanged, Interaction, SegmentChanged, to_iso
+from shared.events import CustomerErased, FunnelStageChanged, Interaction, SegmentChanged, stable_id, to_iso
 from shared.events import record as record_of
 from shared.identity import canonical_ids, chunks, erase, erased_ids, merge_traits, not_erased, relink
 from shared.keyed_rows import Key, read_keyed
@@ -751,22 +749,8 @@ def stage_changed_record(customer: str, funnel: str, from_stage: str | None, to_
     iso = at.isoformat()
     value = orjson.dumps({"customer_id": customer, "funnel": funnel, "from_stage": from_stage, "to_stage": to_stage,
                           "at": iso[:-6] + "Z" if at.tzinfo is UTC else to_iso(at), "event_id": event_id, "order": order})
-    dedupe_key = fast_stable_id("funnel", customer, funnel, from_stage, to_stage, iso, order)  # FunnelStageChanged's
+    dedupe_key = stable_id("funnel", customer, funnel, from_stage, to_stage, iso, order)  # FunnelStageChanged's
     return record_of(FunnelStageChanged, customer, dedupe_key, value)
-
-
-_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
-
-
-def fast_stable_id(*parts: object) -> str:
-    """shared.events.stable_id (uuid5 in the URL namespace) without building a UUID object, which
-    took most of its time (a recount derives one per transition); tests/funnel/test_stage_records.py
-    holds the two the same."""
-    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + "|".join(str(p) for p in parts).encode()).digest()[:16])
-    digest[6] = digest[6] & 0x0F | 0x50  # version 5
-    digest[8] = digest[8] & 0x3F | 0x80  # the RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 async def rebuild(session: AsyncSession, funnel: Funnel, now: datetime, outbox: Outbox) -> int:

@@ -3,65 +3,18 @@ queries the API and the scheduled pass make of them (the writes that follow even
 the rules they apply: recording.py, evaluation.py, custom.py, feedback.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, Row, String, Table, Text, bindparam, func,
                         select, text, update)
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables, canonical_ids
 from shared.store import BigId, UTCDateTime, add_bus_tables, dialect_of, insert_ignoring_conflicts, make_metadata
 
-
-
-class UTCTime(UTCDateTime):
-    """UTCDateTime, converted on SQLite in fewer steps (several times per consumed event, issue
-    13): a time in UTC already (as the clock, pydantic and SQLite give them) binds as datetime's own
-    isoformat, cut of its "+00:00", without a conversion to UTC and a copy without the zone; the
-    same time object bound again (one `now` on every row of a batch) is not formatted again; a
-    stored time reads in one step, its text with "+00:00" through datetime.fromisoformat.
-    tests/segmentation/test_contract.py holds both ways the same as UTCDateTime's."""
-
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
-        general = super().bind_processor(dialect)
-        if dialect.name != "sqlite" or general is None:
-            return general
-        last: list[tuple[datetime | None, Any]] = [(None, None)]
-
-        def to_text(value: datetime | None) -> Any:
-            held = last[0]
-            if value is held[0]:
-                return held[1]
-            text = value.isoformat(" ", "microseconds") if value is not None else ""
-            text = text[:-6] if text.endswith("+00:00") else general(value)  # another zone, naive (refused), None
-            last[0] = (value, text)
-            return text
-
-        return to_text
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
-        general = super().result_processor(dialect, coltype)
-        if dialect.name != "sqlite" or general is None:
-            return general
-
-        def to_time(value: Any) -> datetime | None:
-            if isinstance(value, str):
-                try:
-                    read = datetime.fromisoformat(value + "+00:00")
-                except ValueError:
-                    pass
-                else:
-                    if read.tzinfo is UTC:  # the text was a date and a time (fromisoformat gives the singleton)
-                        return read
-            return general(value)
-
-        return to_time
 
 
 metadata = make_metadata()
@@ -75,14 +28,14 @@ profiles = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("traits", LargeBinary, nullable=False),
     Column("traits_at", LargeBinary, nullable=False),
-    Column("first_seen", UTCTime, nullable=False),
-    Column("last_seen", UTCTime, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
     Column("event_count", Integer, nullable=False),
     Column("order_count", Integer, nullable=False),
     Column("revenue", Float, nullable=False),
-    Column("last_order_at", UTCTime, index=True),
+    Column("last_order_at", UTCDateTime, index=True),
     Column("channel", String(50)),
-    Column("channel_at", UTCTime),
+    Column("channel_at", UTCDateTime),
     # Written by the population recompute (value tier and RFM are relative to all buyers).
     Column("value_tier", String(20)),
     Column("rfm_r", Integer),
@@ -91,9 +44,9 @@ profiles = Table(
     Column("rfm_label", String(40)),
     # The latest survey answers (docs/api.md section 11), from survey_answers by event time.
     Column("nps_score", Integer),
-    Column("nps_at", UTCTime),
+    Column("nps_at", UTCDateTime),
     Column("csat_score", Integer),
-    Column("csat_at", UTCTime),
+    Column("csat_at", UTCDateTime),
 )
 
 # Every order, so counts, revenue and the 365-day frequency stay right under late and repeated events.
@@ -102,7 +55,7 @@ orders = Table(
     metadata,
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False, index=True),
-    Column("at", UTCTime, nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
     Column("amount", Float, nullable=False),
 )
 
@@ -111,7 +64,7 @@ memberships = Table(
     metadata,
     Column("customer_id", String(200), primary_key=True),
     Column("segment", String(200), primary_key=True),
-    Column("since", UTCTime, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_memberships_segment", "segment", "customer_id"),
 )
@@ -123,7 +76,7 @@ history = Table(
     Column("customer_id", String(200), nullable=False, index=True),
     Column("segment", String(200), nullable=False),
     Column("change", String(10), nullable=False),
-    Column("at", UTCTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_membership_history_segment_at", "segment", "at"),
 )
@@ -136,7 +89,7 @@ job_runs = Table(
     "job_runs",
     metadata,
     Column("name", String(100), primary_key=True),
-    Column("last_run_at", UTCTime, nullable=False),
+    Column("last_run_at", UTCDateTime, nullable=False),
 )
 
 # Custom segments (docs/api.md section 3): the rule as the user wrote it (JSON), checked on write.
@@ -147,8 +100,8 @@ segment_definitions = Table(
     Column("name", String(200), nullable=False),
     Column("description", Text, nullable=False),
     Column("rule", Text, nullable=False),
-    Column("created_at", UTCTime, nullable=False),
-    Column("updated_at", UTCTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # The customer's track, page and screen events of the last SEGMENTATION_EVENTS_RETENTION_DAYS, for
@@ -160,7 +113,7 @@ customer_events = Table(
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False),
     Column("name", String(200), nullable=False),
-    Column("at", UTCTime, nullable=False),  # no index of its own: (name, at) serves the prune too
+    Column("at", UTCDateTime, nullable=False),  # no index of its own: (name, at) serves the prune too
     Column("properties", LargeBinary, nullable=False),
     Index("ix_customer_events_customer_name_at", "customer_id", "name", "at"),
     Index("ix_customer_events_name_at", "name", "at"),
@@ -173,7 +126,7 @@ funnel_stages = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("funnel", String(100), primary_key=True),
     Column("stage", String(100)),
-    Column("at", UTCTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
 )
 
@@ -186,7 +139,7 @@ survey_answers = Table(
     Column("customer_id", String(200), nullable=False),
     Column("survey", String(10), nullable=False),
     Column("score", Integer, nullable=False),
-    Column("at", UTCTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("channel", String(50)),
     Index("ix_survey_answers_customer_id", "customer_id", "survey", "at"),
     Index("ix_survey_answers_survey_at", "survey", "at"),

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared.events import Interaction
 from shared.store import UTCDateTime
 
 metadata = MetaData()
@@ -57,3 +60,60 @@ async def test_the_text_is_sqlalchemys_and_reads_back_as_aware_utc(tmp_path: Pat
                 await conn.execute(moments.insert(), [{"id": 99, "at": datetime(2026, 1, 1)}])
     finally:
         await engine.dispose()
+
+
+class TestProcessors:
+    """UTCDateTime's own SQLite conversions against SQLAlchemy's DATETIME given the same moment as
+    naive UTC: the same text for a time in UTC (as the clock, pydantic and SQLite give it) and for
+    any other zone, read back the same; a naive time refused. On PostgreSQL, aware UTC."""
+
+    TIMES = [
+        datetime(2024, 3, 1, 12, 30, tzinfo=UTC),
+        datetime(2024, 3, 1, 12, 30, 0, 1, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 3, 1, 12, 30, 5, 120000, tzinfo=timezone.utc),
+        datetime(2024, 3, 1, 12, 30, tzinfo=timezone(timedelta(0))),
+        datetime(2024, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2024, 3, 1, 23, 30, 0, 999, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2024, 3, 1, 23, 30, tzinfo=timezone(timedelta(seconds=30))),
+        Interaction.model_validate({"event_id": "e", "customer_id": "c", "type": "track",
+                                    "occurred_at": "2026-11-01T10:51:11.914373Z",
+                                    "received_at": "2026-11-01T12:51:11+02:00"}).occurred_at,
+        Interaction.model_validate({"event_id": "e", "customer_id": "c", "type": "track",
+                                    "occurred_at": "2026-11-01T12:51:11.5+02:00",
+                                    "received_at": "2026-11-01T12:51:11Z"}).occurred_at,
+    ]
+
+    @pytest.mark.parametrize("at", TIMES)
+    def test_the_text_is_sqlalchemys(self, at: datetime) -> None:
+        dialect = sqlite.dialect()
+        ours: Any = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        theirs: Any = DateTime().dialect_impl(dialect).bind_processor(dialect)
+        assert ours(at) == theirs(at.astimezone(UTC).replace(tzinfo=None))
+        assert ours(None) is None
+
+    @pytest.mark.parametrize("stored", ["2024-03-01 12:30:00.000001", "2024-03-01 12:30:05", "0001-01-01 00:00:00.000000",
+                                        "9999-12-31 23:59:59.999999", "2024-03-01", "2024-03-01T12:30:00", None])
+    def test_a_stored_time_reads_as_sqlalchemy_reads_it_in_utc(self, stored: str | None) -> None:
+        dialect = sqlite.dialect()
+        ours: Any = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+        theirs: Any = DateTime().dialect_impl(dialect).result_processor(dialect, None)
+        if stored is None:
+            assert ours(stored) is None
+            return
+        assert ours(stored) == theirs(stored).replace(tzinfo=UTC) and ours(stored).tzinfo is UTC
+        bind: Any = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        assert ours(bind(ours(stored))) == ours(stored)  # read back as written
+
+    def test_a_naive_time_is_refused(self) -> None:
+        dialect = sqlite.dialect()
+        with pytest.raises(ValueError, match="naive"):
+            UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(datetime(2024, 3, 1, 12, 30))
+
+    @pytest.mark.parametrize("at", TIMES)
+    def test_postgresql_binds_aware_utc(self, at: datetime) -> None:
+        dialect: Any = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        bound = bind(at) if bind is not None else UTCDateTime().process_bind_param(at, dialect)
+        assert bound == at and bound.tzinfo is UTC
