@@ -52,7 +52,7 @@ from tests.helpers import READER, ROOT, free_port, start_process, stop_process, 
 from tests.retail_data import online_retail
 
 SERVICES = ("ingest", "segmentation", "funnel", "followup", "recommendation")
-BACKLOG_TABLES = {"ingest": ("inbox", "outbox"), "segmentation": ("outbox",), "funnel": ("outbox",),
+BACKLOG_TABLES = {"ingest": ("inbox", "packed_inbox", "outbox"), "segmentation": ("outbox",), "funnel": ("outbox",),
                   "followup": ("outbox",), "recommendation": ("outbox",)}
 CONSUMERS = ("segmentation", "funnel", "followup", "recommendation")  # each has a consumer group on the bus
 PROBE_GROUP = "bench-importing-probe"  # never commits: its lag is the end offsets

@@ -32,7 +32,7 @@ from services.ingest.store import (
     erasures,
     events,
     identities,
-    inbox,
+    packed_inbox,
     quarantine,
     seen_messages,
 )
@@ -57,7 +57,7 @@ async def enqueue_all(
     await INBOX_ROWS.run(session, [(at, pack(messages, at)) for messages, _, at in requests if messages])
 
 
-INBOX_ROWS = BulkWrite(lambda _: insert(inbox), ("received_at", "messages"))
+INBOX_ROWS = BulkWrite(lambda _: insert(packed_inbox), ("received_at", "messages"))
 
 
 async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:

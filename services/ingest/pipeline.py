@@ -31,14 +31,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select
+from sqlalchemy import Row, Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import ingestion
 from services.ingest.inbox import as_sent, unpack
 from services.ingest.messages import Message, Rejection
-from services.ingest.store import inbox, quarantine
+from services.ingest.store import INBOXES, packed_inbox, quarantine
 from shared.outage import raise_if_outage
+from shared.store import among
 from shared.service import Runtime
 
 log = logging.getLogger("funnelstream.ingest.pipeline")
@@ -164,12 +165,12 @@ class Pipeline:
         session bookkeeping)."""
         async with runtime.store.transaction() as session:
             db = await session.connection()
-            pending = await _oldest_rows(db, runtime, rows)
+            table, pending = await _oldest_rows(db, runtime, rows)
             if not pending:
                 return False
             messages = [message for row in pending for message in unpack(row.messages, row.received_at)]
             outbox = await ingestion.accept(db, messages)
-            await db.execute(delete(inbox).where(inbox.c.id.in_([r.id for r in pending])))
+            await db.execute(delete(table).where(among(table.c.id, [r.id for r in pending], db)))
             await runtime.bus.publish(outbox.records)
         self._backlog = max(0, self._backlog - len(pending))
         return True
@@ -178,14 +179,17 @@ class Pipeline:
         """Move the oldest inbox row's messages to the quarantine, with the error."""
         log.error("inbox row keeps failing, quarantined: %s", exc)
         async with runtime.store.transaction() as session:
-            row = (await session.execute(select(inbox).order_by(inbox.c.id).limit(1))).first()
-            if row is None:
+            for table in INBOXES:
+                row = (await session.execute(select(table).order_by(table.c.id).limit(1))).first()
+                if row is not None:
+                    break
+            else:
                 return
             reason = f"processing failed: {type(exc).__name__}: {exc}"[:1000]
             rejections = [Rejection(i, m["message_id"], reason, m) for i, m in enumerate(_as_sent(row))]
             await session.execute(insert(quarantine),
                                   [ingestion.quarantine_row(r, row.received_at) for r in rejections])
-            await session.execute(delete(inbox).where(inbox.c.id == row.id))
+            await session.execute(delete(table).where(table.c.id == row.id))
 
 
 def _as_sent(row: Row[Any]) -> list[dict[str, Any]]:
@@ -196,18 +200,20 @@ def _as_sent(row: Row[Any]) -> list[dict[str, Any]]:
         return [{"message_id": None, "inbox_row": f"unreadable ({len(row.messages)} bytes)"}]
 
 
-async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> list[Row[Any]]:
-    """The oldest inbox rows, at most `rows` and BYTES_PER_TRANSACTION of messages (at least
-    one row). Their sizes first, so no more messages are read than the transaction applies.
-    PostgreSQL: the rows sized are locked, skipping locked ones, so replicas take different rows
-    side by side; those sized and not taken are free again at commit."""
-    sizes = select(inbox.c.id, func.length(inbox.c.messages)).order_by(inbox.c.id).limit(rows)
-    if not runtime.store.is_sqlite:
-        sizes = sizes.with_for_update(skip_locked=True)
-    ids = _within_bytes((await db.execute(sizes)).all())
-    if not ids:
-        return []
-    return list((await db.execute(select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id))).all())
+async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> tuple[Table, list[Row[Any]]]:
+    """The oldest inbox rows of the first inbox holding any (an earlier release's first), at most
+    `rows` and BYTES_PER_TRANSACTION of messages (at least one row), with their table. Their sizes
+    first, so no more messages are read than the transaction applies. PostgreSQL: the rows sized
+    are locked, skipping locked ones, so replicas take different rows side by side; those sized
+    and not taken are free again at commit."""
+    for table in INBOXES:
+        sizes = select(table.c.id, func.length(table.c.messages)).order_by(table.c.id).limit(rows)
+        if not runtime.store.is_sqlite:
+            sizes = sizes.with_for_update(skip_locked=True)
+        ids = _within_bytes((await db.execute(sizes)).all())
+        if ids:
+            return table, list((await db.execute(select(table).where(among(table.c.id, ids, db)).order_by(table.c.id))).all())
+    return packed_inbox, []
 
 
 def _within_bytes(sizes: Sequence[tuple[int, int]]) -> list[int]:

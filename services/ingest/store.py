@@ -21,15 +21,19 @@ events = Table(
     Index("ix_events_customer_timeline", "customer_id", "occurred_at", "event_id"),
 )
 
-# Accepted requests waiting for the pipeline: one row per request, its messages as JSON. The
-# request commits this row and answers; the pipeline does the rest (dedupe, stitching, timeline).
-inbox = Table(
-    "inbox",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("messages", LargeBinary, nullable=False),
-)
+# Accepted requests waiting for the pipeline: one row per request. The request commits this row
+# and answers; the pipeline does the rest (dedupe, stitching, timeline). `packed_inbox` holds them
+# in the layout of inbox.py; `inbox` the rows of earlier releases (the messages as a JSON array),
+# which the pipeline applies first. A table of its own, so an earlier release's replica still
+# running beside this one during an upgrade never reads a row it cannot (it reads only `inbox`).
+def _inbox_table(name: str) -> Table:
+    return Table(name, metadata, Column("id", BigId, primary_key=True, autoincrement=True),
+                 Column("received_at", UTCDateTime, nullable=False), Column("messages", LargeBinary, nullable=False))
+
+
+inbox = _inbox_table("inbox")
+packed_inbox = _inbox_table("packed_inbox")
+INBOXES = (inbox, packed_inbox)  # in the order the pipeline applies them
 
 # Message ids seen within the dedupe window (older rows are pruned).
 seen_messages = Table(
