@@ -6,15 +6,18 @@ on PostgreSQL.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.funnel.app import MIGRATIONS
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.clock import FixedClock
+from shared.store import Store
 from tests.funnel.support import Funnels
 
 
@@ -47,3 +50,13 @@ def gateway_app(migrated_data_dir: Path, funnel_db_url: str | None, monkeypatch:
 @pytest.fixture
 def funnels(gateway_app: FastAPI, client: httpx.AsyncClient, clock: FixedClock) -> Funnels:
     return Funnels(gateway_app, client, clock)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The funnel's store alone, migrated, on SQLite and PostgreSQL (tests driving its handlers
+    directly; a module may override it with one holding definitions)."""
+    store = Store(store_url)
+    await store.migrate(MIGRATIONS)
+    yield store
+    await store.dispose()

@@ -3,15 +3,12 @@ funnel created later is built from the copies, those written before the copy was
 (the properties also at the top) as well. SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import insert, select
 
-from services.funnel.app import MIGRATIONS
 from services.funnel.handlers import make_handlers
 from services.funnel.logic import parse_funnel
 from services.funnel.store import attempts, events
@@ -28,14 +25,6 @@ PARTS = parse_funnel({"key": "parts", "conversion_window_days": 30, "stages": [
     {"key": "big", "match": {"type": "track", "event": "Order Completed", "where": {"field": "revenue", "op": "gt", "value": 100}}},
     {"key": "vip", "match": {"type": "identify", "where": {"field": "traits.tier", "op": "eq", "value": "vip"}}},
     {"key": "mobile", "match": {"type": "page", "where": {"field": "context.device", "op": "eq", "value": "mobile"}}}]})
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    store = Store(store_url)
-    await store.migrate(MIGRATIONS)
-    yield store
-    await store.dispose()
 
 
 def interaction(event_id: str, customer: str, day: int, type_: str, name: str | None = None,

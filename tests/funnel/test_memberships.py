@@ -3,13 +3,10 @@ segment) the latest change by time wins, whatever the order changes come in, ove
 within one, under the id the customer is merged into. SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import select
 
-from services.funnel.app import MIGRATIONS
 from services.funnel.handlers import make_handlers
 from services.funnel.store import segment_members
 from shared.consumer import Transaction
@@ -17,14 +14,6 @@ from shared.events import CustomerLinked, Event, SegmentChanged
 from shared.store import Store
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    store = Store(store_url)
-    await store.migrate(MIGRATIONS)
-    yield store
-    await store.dispose()
 
 
 def change(customer: str, segment: str, entered: bool, hour: int) -> SegmentChanged:
