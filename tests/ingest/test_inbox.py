@@ -14,6 +14,7 @@ from services.ingest.channels import classify
 from services.ingest.inbox import pack, unpack
 from services.ingest.messages import Message, normalize
 from shared.events import to_iso
+from tests.retail_data import online_retail
 
 RECEIVED = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -98,7 +99,7 @@ def test_varied_messages_give_the_bodies_they_gave_before(seed):
 
 
 def test_retail_messages_with_a_batch_context():
-    messages = accepted(retail_messages(500), batch_context={"library": {"name": "analytics-python"}, "ip": "1.2.3.4"})
+    messages = accepted(retail_messages(500, online_retail()), batch_context={"library": {"name": "analytics-python"}, "ip": "1.2.3.4"})
     assert_read_back(messages, pack(messages, RECEIVED))
 
 
