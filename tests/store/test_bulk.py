@@ -1,6 +1,6 @@
 """shared/bulk.py: rows written through the driver are the rows SQLAlchemy's own executemany writes
 (same stored text and bytes, read back the same), an insert that ignores conflicts keeps the first,
-and parameters may come in any column order; `among` matches what an IN list matches; on SQLite
+and parameters may come in any column order; `among` (one JSON parameter on SQLite, an IN list on PostgreSQL) matches what an IN list matches; on SQLite
 and PostgreSQL."""
 from __future__ import annotations
 
