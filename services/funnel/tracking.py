@@ -55,22 +55,14 @@ from shared.bus.base import OutgoingRecord
 from shared.events import CustomerErased, FunnelStageChanged, Interaction, SegmentChanged, stable_id, to_iso
 from shared.events import record as record_of
 from shared.identity import canonical_ids, chunks, erase, erased_ids, merge_traits, not_erased, relink
-from shared.keyed_rows import Key, read_keyed
+from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
 from shared.store import among, dialect_of, hold_lock, insert_ignoring_conflicts
 
 FUNNELS_LOCK = "funnel.definitions"
 
-MEMBERSHIP_COLUMNS = ("customer_id", "segment", "member", "at")
-NEW_MEMBERSHIPS = BulkWrite(lambda _: insert(segment_members), MEMBERSHIP_COLUMNS)
-CHANGED_MEMBERSHIPS = BulkWrite(
-    lambda _: update(segment_members).where(
-        segment_members.c.customer_id == bindparam("b_customer_id", type_=segment_members.c.customer_id.type),
-        segment_members.c.segment == bindparam("b_segment", type_=segment_members.c.segment.type))
-    .values(member=bindparam("b_member", type_=segment_members.c.member.type),
-            at=bindparam("b_at", type_=segment_members.c.at.type)),
-    tuple(f"b_{c}" for c in MEMBERSHIP_COLUMNS))
+WRITE_MEMBERSHIPS = KeyedWrites(segment_members, "segment")
 
 # A recount's writes, a row per tuple (shared/bulk.py: SQLAlchemy's executemany cost more per row
 # than the rest of the recount).
@@ -442,10 +434,7 @@ async def record_segment_changes(session: AsyncSession, changes: list[SegmentCha
             continue
         held[key] = written[key] = {"customer_id": customer, "segment": event.segment,
                                     "member": int(event.change == "entered"), "at": event.at}
-    # write_keyed's writes, a row per tuple (shared/bulk.py)
-    await NEW_MEMBERSHIPS.run(session, [(*key, row["member"], row["at"]) for key, row in written.items() if key in inserted])
-    await CHANGED_MEMBERSHIPS.run(session, [(*key, row["member"], row["at"]) for key, row in written.items()
-                                            if key not in inserted])
+    await WRITE_MEMBERSHIPS.write(session, written, inserted)
 
 
 @dataclass(frozen=True)
