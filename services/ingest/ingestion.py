@@ -97,11 +97,11 @@ NEW_EVENTS = BulkWrite(_new_events, ("event_id", "customer_id", "occurred_at", "
 def _stored_time(dialect: Dialect) -> Callable[[datetime], Any]:
     """How NEW_EVENTS takes occurred_at: on SQLite, the text UTCDateTime writes, made once per
     distinct time rather than once per row; on PostgreSQL the time, as the statement binds it."""
-    return _utc_text(dialect) if dialect.name == "sqlite" else lambda at: at
+    return utc_text(dialect) if dialect.name == "sqlite" else lambda at: at
 
 
 @lru_cache(maxsize=None)
-def _utc_text(dialect: Dialect) -> Callable[[datetime], str]:
+def utc_text(dialect: Dialect) -> Callable[[datetime], str]:
     """The text a UTCDateTime column holds on SQLite."""
     convert = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
     assert convert is not None
@@ -150,7 +150,7 @@ def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> tuple[Any, d
     compiles once and no parameters are built per row."""
     if db.dialect.name == "postgresql":
         return REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())}
-    text = _utc_text(db.dialect)
+    text = utc_text(db.dialect)
     times = {at: text(at) for at in set(sent.values())}  # a request's messages share one
     return REMEMBER_SQLITE, {"pairs": orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()}
 

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,8 @@ from sqlalchemy import Row, Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import ingestion
-from services.ingest.inbox import as_sent, unpack
+from services.ingest.inbox import as_sent, pack, unpack
+from services.ingest.inbox_writer import InboxWriter
 from services.ingest.messages import Message, Rejection
 from services.ingest.store import INBOXES, packed_inbox, quarantine
 from shared.outage import raise_if_outage
@@ -54,6 +55,7 @@ MAX_ATTEMPTS = 3
 QUIET_SECONDS = 0.1  # no request for this long: the pipeline runs freely
 GIVE_WAY = 4  # while requests come: the pipeline waits 4 times as long as its last transaction took
 BACKLOG_ROWS = 500  # inbox rows (requests) past which the pipeline no longer gives way
+GROUP_COMMIT = 500  # requests committed together at most (their rows are one statement on SQLite)
 
 
 class Pipeline:
@@ -61,6 +63,8 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._commit_lock = asyncio.Lock()
+        self._sqlite_writer = asyncio.Lock()
+        self._inbox = InboxWriter()
         self._waiting: list[tuple[list[Message], list[Rejection], datetime, asyncio.Future[bool]]] = []
         self._requests = 0
         self._last_request = 0.0
@@ -87,21 +91,36 @@ class Pipeline:
         self._waiting.append((messages, rejections, received_at, done))
         async with self._commit_lock:
             if not done.done():
-                group, self._waiting = self._waiting, []
+                group, self._waiting = self._waiting[:GROUP_COMMIT], self._waiting[GROUP_COMMIT:]
                 written = False
                 try:
-                    async with runtime.store.transaction() as session:
-                        await ingestion.enqueue_all(session, [(m, r, at) for m, r, at, _ in group])
+                    await self._write(runtime, [(m, r, at) for m, r, at, _ in group])
                     written = True
                 finally:  # failed or cancelled: each request of the group writes its own row
                     for *_, future in group:
                         if not future.done():
                             future.set_result(written)
         if not done.result():
-            async with self._commit_lock, runtime.store.transaction() as session:
-                await ingestion.enqueue_all(session, [(messages, rejections, received_at)])
+            async with self._commit_lock:
+                await self._write(runtime, [(messages, rejections, received_at)])
         self._backlog += 1
         self.wake()
+
+    async def _write(self, runtime: Runtime, requests: list[tuple[list[Message], list[Rejection], datetime]]) -> None:
+        """On SQLite, requests without rejections (the usual) through the inbox writer: one round
+        trip; else the store's transaction, the quarantine beside the inbox rows."""
+        if runtime.store.is_sqlite and not runtime.stopping.is_set() and not any(r for _, r, _ in requests):
+            rows = [(at, pack(m, at)) for m, _, at in requests if m]
+            async with self._writer_turn(runtime):
+                await self._inbox.write(runtime.store, rows)
+            return
+        async with self._writer_turn(runtime), runtime.store.transaction() as session:
+            await ingestion.enqueue_all(session, requests)
+
+    def _writer_turn(self, runtime: Runtime) -> AbstractAsyncContextManager[Any]:
+        """SQLite has one writer: the pipeline's transactions and the inbox writer's rows (not on
+        the store's connections, so not in the store's queue) take turns here."""
+        return self._sqlite_writer if runtime.store.is_sqlite else nullcontext()
 
     async def _give_way(self, last_turn: float) -> int:
         """Wait until no request has been in flight for QUIET_SECONDS (then the pipeline runs
@@ -121,6 +140,13 @@ class Pipeline:
         return ROWS_PER_TRANSACTION
 
     async def run(self, runtime: Runtime) -> None:
+        try:
+            await self._run(runtime)
+        finally:
+            async with self._commit_lock:  # no request is writing through it
+                await self._inbox.close()
+
+    async def _run(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
             # Until a request queues rows, half a second passes, or the service stops (a stop
             # must not wait out the half second).
@@ -163,7 +189,7 @@ class Pipeline:
         """Apply the oldest `rows` inbox rows together: one dedupe, one stitch and one timeline
         write for all their messages, on the transaction's connection (Core statements, no ORM
         session bookkeeping)."""
-        async with runtime.store.transaction() as session:
+        async with self._writer_turn(runtime), runtime.store.transaction() as session:
             db = await session.connection()
             table, pending = await _oldest_rows(db, runtime, rows)
             if not pending:
@@ -178,7 +204,7 @@ class Pipeline:
     async def _quarantine_first(self, runtime: Runtime, exc: Exception) -> None:
         """Move the oldest inbox row's messages to the quarantine, with the error."""
         log.error("inbox row keeps failing, quarantined: %s", exc)
-        async with runtime.store.transaction() as session:
+        async with self._writer_turn(runtime), runtime.store.transaction() as session:
             for table in INBOXES:
                 row = (await session.execute(select(table).order_by(table.c.id).limit(1))).first()
                 if row is not None:
