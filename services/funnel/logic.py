@@ -15,8 +15,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,6 +79,11 @@ class Funnel:
     def stage_mask(self, type_: str, name: str | None, document: dict[str, Any]) -> int:
         """Bit i set when the event matches stage i."""
         return sum(1 << i for i, stage in enumerate(self.stages) if stage.test(type_, name, document))
+
+    @cached_property
+    def stage_windows(self) -> bool:
+        """Whether a stage has a window of its own from the previous one (`max_days_from_previous`)."""
+        return any(s.max_days_from_previous is not None for s in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -237,9 +243,9 @@ BUILT_IN_KEYS = tuple(f.key for f in BUILT_INS)
 
 # --- the counted attempt -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Matched:
-    """One matched event: when (epoch seconds), its id, and the stages it matches (bits)."""
+class Matched(NamedTuple):
+    """One matched event: when (epoch seconds), its id, and the stages it matches (bits). A named
+    tuple: a batch makes one per match, and a frozen dataclass costs four times as much to make."""
 
     at: float
     event_id: str
@@ -273,18 +279,22 @@ def counted_attempt(funnel: Funnel, matched: Sequence[Matched]) -> Attempt:
 
     Without per-stage windows and with no two events at one time (the usual customer), that
     comes down to `_earliest_attempt`."""
-    events = sorted(matched, key=lambda e: (e.at, e.event_id))
-    if all(s.max_days_from_previous is None for s in funnel.stages) and all(
-            a.at < b.at for a, b in zip(events, events[1:], strict=False)):
+    events = sorted(matched, key=_time_and_id)
+    if not funnel.stage_windows and len({e.at for e in events}) == len(events):  # sorted: no two at one time
         return _earliest_attempt(funnel, events)
     return _searched_attempt(funnel, events)
+
+
+_time_and_id = itemgetter(0, 1)  # a Matched's (at, event_id)
 
 
 def _earliest_attempt(funnel: Funnel, events: list[Matched]) -> Attempt:
     """`counted_attempt` for a funnel without per-stage windows, over events in time order at
     different times. From a start, taking the earliest later event of each next stage gives the
     earliest times and reaches furthest (any later one can be swapped for it); a later start gives
-    later times, so the first start reaching furthest counts."""
+    later times, so the first start reaching furthest counts. And where a start's path ends for
+    want of any later event of the next stage (not at its window's end), every later start's path
+    is, stage by stage, at or after this one's, so it ends there too: no later start is tried."""
     k = len(funnel.stages)
     window = funnel.conversion_window_days * DAY
     positions = [[i for i, e in enumerate(events) if e.stages >> stage & 1] for stage in range(k)]
@@ -292,17 +302,21 @@ def _earliest_attempt(funnel: Funnel, events: list[Matched]) -> Attempt:
     for start in positions[0]:
         end = events[start].at + window
         path, last = [events[start]], start
+        exhausted = False
         for stage in range(1, k):
             found = positions[stage]
             j = bisect_right(found, last)
-            if j == len(found) or events[found[j]].at > end:
+            if j == len(found):
+                exhausted = True
+                break
+            if events[found[j]].at > end:
                 break
             last = found[j]
             path.append(events[last])
         if len(path) > len(best):
             best = tuple(path)
-            if len(best) == k:
-                break
+        if exhausted or len(best) == k:
+            break
     return Attempt(best)
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.logic import (
@@ -253,7 +253,7 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
         if matched:
             if appending:
                 latest = await _latest_matches(session, funnel.key, sorted({m[2] for m in matched}))
-            kept = await _insert_new(session, matches, NEW_MATCHES, [m[1] for m in matched], matched, appending, funnel.key)
+            kept = await _insert_new(session, matches, NEW_MATCHES, [m[1] for m in matched], matched, appending)
             if appending:
                 _append_matches(pending, funnel.key, kept, matched, latest)
             pending.dirty[funnel.key] |= {m[2] for m in matched}
@@ -261,14 +261,13 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
 
 
 async def _insert_new(session: AsyncSession, table: Table, bulk: BulkWrite, ids: list[str], rows: list[tuple[Any, ...]],
-                      kept: bool, funnel: str | None = None) -> list[int]:
+                      kept: bool) -> list[int]:
     """Insert the rows (event ids `ids`), skipping those whose key is already stored (a
     redelivery, or the same event twice); with `kept`, the positions of the rows kept (the first
     copy of each id not stored before), else none.
 
     PostgreSQL: the ids the insert returns (a batch of another customer may insert the same id
-    meanwhile). SQLite writes one transaction at a time: the ids stored before are looked up, and
-    the rows written through the driver (shared/bulk.py)."""
+    meanwhile). SQLite: see `_inserted_on_sqlite`."""
     if not rows:
         return []
     if not kept:
@@ -279,20 +278,25 @@ async def _insert_new(session: AsyncSession, table: Table, bulk: BulkWrite, ids:
                                          [dict(zip(bulk.keys, r, strict=True)) for r in rows])
         new = set(inserted.scalars())
         return _first_copies(ids, lambda i: i in new)
-    stored = await _stored_ids(session, table, ids, funnel)
-    await bulk.run(session, rows)
-    return _first_copies(ids, lambda i: i not in stored)
+    return await _inserted_on_sqlite(session, table, bulk, ids, rows)
 
 
-async def _stored_ids(session: AsyncSession, table: Table, ids: list[str], funnel: str | None) -> set[str]:
-    """Of `ids`, those stored in `table` (of `funnel`)."""
-    found: set[str] = set()
-    for chunk in chunks(sorted(set(ids))):
-        query = select(table.c.event_id).where(among(table.c.event_id, chunk, session))
-        if funnel is not None:
-            query = query.where(table.c.funnel == funnel)
-        found.update((await session.execute(query)).scalars())
-    return found
+async def _inserted_on_sqlite(session: AsyncSession, table: Table, bulk: BulkWrite, ids: list[str],
+                              rows: list[tuple[Any, ...]]) -> list[int]:
+    """The rows written through the driver (shared/bulk.py), and the positions of those kept
+    without looking the ids up first: SQLite writes one transaction at a time, and the rows an
+    insert adds get the rowids after the largest before, one by one. So when it adds every row
+    (the usual batch) all are kept; otherwise the ids it added are read back by rowid."""
+    connection = await session.connection()
+    compiled = bulk.compiled(connection.dialect)
+    added = (await connection.exec_driver_sql(compiled.sql, compiled.parameters(rows))).rowcount
+    if added == len(rows):
+        return list(range(len(rows)))
+    if added == 0:
+        return []
+    last = (await connection.exec_driver_sql("SELECT last_insert_rowid()")).scalar_one()
+    new = set((await session.execute(select(table.c.event_id).where(literal_column("rowid") > last - added))).scalars())
+    return _first_copies(ids, lambda i: i in new)
 
 
 def _first_copies(ids: list[str], new: Callable[[str], bool]) -> list[int]:
@@ -641,7 +645,7 @@ def _advanced(funnel: Funnel, customer: str, held: Any, appended: Appended) -> R
     added = appended.matched.get(funnel.key, [])
     end = held.first_at + funnel.conversion_window_days * DAY
     if added and (not appended.after_stored[funnel.key] or any(m.at > end for m in added)
-                  or any(s.max_days_from_previous is not None for s in funnel.stages)):
+                  or funnel.stage_windows):
         return None
     journey = orjson.loads(held.journey)
     if len(journey.get("revenue", ())) != held.depth:  # a row from before journeys were kept: recounted whole once
