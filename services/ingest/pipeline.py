@@ -69,6 +69,9 @@ class Pipeline:
         self._requests = 0
         self._last_request = 0.0
         self._backlog = 0  # inbox rows written here and not yet applied here (other replicas aside)
+        # The inboxes a drain still reads: once an earlier release's is found empty, only this
+        # one's for the rest of the drain (a statement less a transaction; its rows wait a drain).
+        self._inboxes = INBOXES
 
     def wake(self) -> None:
         self._wake.set()
@@ -165,6 +168,7 @@ class Pipeline:
         """Apply every inbox row there is now (erasure calls this first, so nothing pending
         about the customer can land after it)."""
         more, took = True, 0.0
+        self._inboxes = INBOXES
         while more:
             rows = await self._give_way(took) if give_way else ROWS_PER_TRANSACTION
             started = time.monotonic()
@@ -191,7 +195,9 @@ class Pipeline:
         session bookkeeping)."""
         async with self._writer_turn(runtime), runtime.store.transaction() as session:
             db = await session.connection()
-            table, pending = await _oldest_rows(db, runtime, rows)
+            table, pending = await _oldest_rows(db, runtime, rows, self._inboxes)
+            if table is packed_inbox:
+                self._inboxes = (packed_inbox,)
             if not pending:
                 return False
             messages = [message for row in pending for message in unpack(row.messages, row.received_at)]
@@ -226,13 +232,14 @@ def _as_sent(row: Row[Any]) -> list[dict[str, Any]]:
         return [{"message_id": None, "inbox_row": f"unreadable ({len(row.messages)} bytes)"}]
 
 
-async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int) -> tuple[Table, list[Row[Any]]]:
-    """The oldest inbox rows of the first inbox holding any (an earlier release's first), at most
+async def _oldest_rows(db: AsyncConnection, runtime: Runtime, rows: int, inboxes: Sequence[Table],
+                       ) -> tuple[Table, list[Row[Any]]]:
+    """The oldest inbox rows of the first of `inboxes` holding any (an earlier release's first), at most
     `rows` and BYTES_PER_TRANSACTION of messages (at least one row), with their table. Their sizes
     first, so no more messages are read than the transaction applies. PostgreSQL: the rows sized
     are locked, skipping locked ones, so replicas take different rows side by side; those sized
     and not taken are free again at commit."""
-    for table in INBOXES:
+    for table in inboxes:
         sizes = select(table.c.id, func.length(table.c.messages)).order_by(table.c.id).limit(rows)
         if not runtime.store.is_sqlite:
             sizes = sizes.with_for_update(skip_locked=True)
