@@ -29,16 +29,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import insert, select
+import orjson
+from sqlalchemy import String, Table, bindparam, func, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
 
-from shared.bulk import BulkWrite
 from shared.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, dlq_topic
 from shared.events import Event, UndecodableRecord, decode, message_id
 from shared.metrics import BUS_BATCH_SECONDS, BUS_BATCHES, BUS_CONFLICTS, BUS_DLQ, BUS_DLQ_SIZE, BUS_LAG, BUS_PROCESSED
 from shared.outage import raise_if_outage
 from shared.outbox import Outbox, OutboxRelay, write_outbox
-from shared.store import CONFLICT_SQLSTATES, RACE_SQLSTATE, BusTables, Store, among, sqlstate
+from shared.store import CONFLICT_SQLSTATES, RACE_SQLSTATE, BusTables, Store, sqlstate
 
 if TYPE_CHECKING:  # shared.customer_locks imports shared.identity, which imports this module
     from shared.customer_locks import CustomerLocks
@@ -131,7 +135,7 @@ class ConsumerLoop:
         self.customer_locks = customer_locks
         self.max_batch = max_batch
         self.topics = topics_of(handlers)
-        self._record_processed = BulkWrite(lambda _: insert(tables.processed), ("message_id",))
+        self.processed = ProcessedMessages(tables.processed)
         self.consumer: Consumer | None = None
         self.healthy = False
         self._last_lag_report = 0.0
@@ -157,7 +161,6 @@ class ConsumerLoop:
                     await self.process(records)
                     applied = time.perf_counter()
                     await self.consumer.commit(next_offsets(records))
-                    self.relay.wake()
                     self._count_batch(fetched - started, applied - fetched, time.perf_counter() - applied)
                 await self._report_lag()
         finally:
@@ -234,33 +237,26 @@ class ConsumerLoop:
             if self.prepare is not None:
                 await self.prepare(tx)  # first, before any row is locked (the service's own locks)
                 tx.now = self.now()  # a batch that waited for a job works at a time after it
-            done = await self._already_processed(session, [mid for mid, _ in events])
-            fresh: list[str] = []
+            fresh = await self.processed.claim(session, [mid for mid, _ in events])
             decoded: list[Event] = []
             for mid, record in events:
-                if mid in done:
-                    continue
-                done.add(mid)
-                fresh.append(mid)
-                decoded.append(decode(record))
+                if mid in fresh:
+                    fresh.discard(mid)  # a message twice in one batch runs once
+                    decoded.append(decode(record))
             if self.customer_locks is not None:
                 await self.customer_locks.hold(session, decoded)  # then the first row locks
             for event in decoded:
                 await self._handle(event, tx)
             await tx.run_deferred()
-            await self._record_processed.run(session, [(m,) for m in fresh])
             await write_outbox(session, self.tables, tx.outbox)
+        if tx.outbox.records:  # else nothing to relay: an empty flush is a write transaction of its own
+            self.relay.wake()
         for topic, count in Counter(r.topic for r in records).items():
             BUS_PROCESSED.labels(self.service, topic).inc(count)
 
     async def _handle(self, event: Event, tx: Transaction) -> None:
         for handler in self.handlers.get(type(event), ()):
             await handler(event, tx)
-
-    async def _already_processed(self, session: AsyncSession, ids: list[str]) -> set[str]:
-        column = self.tables.processed.c.message_id
-        rows = await session.execute(select(column).where(among(column, ids, session)))
-        return set(rows.scalars())
 
     async def _dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
         log.error(
@@ -296,8 +292,40 @@ class ConsumerLoop:
             log.debug("could not read consumer lag", exc_info=True)
 
 
+class ProcessedMessages:
+    """The `processed_messages` table of a consumer: one statement per batch both records the
+    batch's message ids and says which of them are new (INSERT ... ON CONFLICT DO NOTHING
+    RETURNING), where a lookup and then an insert took two statements and probed each id twice.
+    Recorded before the handlers run, in their transaction: rolled back with it. On PostgreSQL a
+    replica claiming an id another has claimed but not committed waits for that one to end, then
+    skips the message (it was processed) or runs it (it was rolled back)."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self._sql: dict[str, str] = {}  # per dialect: compiled once, run as the driver's SQL
+
+    async def claim(self, session: AsyncSession, ids: list[str]) -> set[str]:
+        """Record `ids` as processed; returns those that were not already."""
+        connection = await session.connection()
+        dialect = connection.dialect
+        sql = self._sql.get(dialect.name)
+        if sql is None:
+            sql = self._sql[dialect.name] = str(self._statement(dialect.name).compile(dialect=dialect))
+        ids_parameter = ids if dialect.name == "postgresql" else orjson.dumps(ids).decode()
+        return set((await connection.exec_driver_sql(sql, (ids_parameter,))).scalars())
+
+    def _statement(self, dialect: str) -> Insert:
+        column = self.table.c.message_id
+        if dialect == "postgresql":
+            listed = select(func.unnest(bindparam("ids", type_=ARRAY(String))))
+            return pg_insert(self.table).from_select([column.name], listed).on_conflict_do_nothing().returning(column)
+        values = func.json_each(bindparam("ids")).table_valued("value")
+        # SQLite reads "SELECT ... ON CONFLICT" as a join without the WHERE (its documented ambiguity)
+        listed = select(values.c.value).where(true())
+        return sqlite_insert(self.table).from_select([column.name], listed).on_conflict_do_nothing().returning(column)
+
+
 def next_offsets(records: list[Record]) -> dict[TopicPartition, int]:
-    offsets: dict[TopicPartition, int] = {}
-    for r in records:
-        offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
-    return offsets
+    """Per partition, the offset after its last record (a poll gives each partition's records in
+    offset order, so the last one seen is the highest)."""
+    return {(r.topic, r.partition): r.offset + 1 for r in records}

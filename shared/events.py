@@ -218,8 +218,8 @@ def decode(record: Record) -> Event:
     cls = EVENT_TYPES.get(record.headers.get(TYPE_HEADER, ""))
     if cls is None:
         raise UndecodableRecord(f"unknown event type {record.headers.get(TYPE_HEADER)!r}")
-    try:
-        return cls.model_validate_json(record.value)
+    try:  # the validator itself: model_validate_json is a Python wrapper around it, paid per record
+        return cls.__pydantic_validator__.validate_json(record.value)  # type: ignore[no-any-return]
     except ValueError as exc:
         raise UndecodableRecord(f"{cls.__name__} payload does not fit its contract: {exc}") from exc
 

@@ -74,9 +74,13 @@ class OutboxRelay:
         """Publish everything in the outbox now; returns how many records went out."""
         sent = 0
         async with self._lock:
-            while batch := await self._publish_batch():
+            while True:
+                batch = await self._publish_batch()
                 sent += batch
-        return sent
+                # A short batch took all there was (a write transaction more would find nothing);
+                # rows committed since then woke the relay, which flushes again.
+                if batch < self.BATCH:
+                    return sent
 
     async def _publish_batch(self) -> int:
         async with self.store.transaction() as session:
