@@ -14,11 +14,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import itemgetter
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy import ClauseElement, String, Table, bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.logic import (
@@ -58,7 +60,7 @@ from shared.identity import canonical_ids, chunks, erase, erased_ids, merge_trai
 from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
-from shared.store import among, dialect_of, hold_lock, insert_ignoring_conflicts
+from shared.store import UTCDateTime, among, dialect_of, hold_lock, insert_ignoring_conflicts
 
 FUNNELS_LOCK = "funnel.definitions"
 
@@ -216,7 +218,19 @@ class EventRow(NamedTuple):
 
 # An event copy and a match, as stored (tuples in these orders).
 EVENT_COLUMNS = ("event_id", "customer_id", "type", "name", "document", "channel", "at")
-NEW_EVENTS = BulkWrite(inserting_new(events), EVENT_COLUMNS)
+
+
+def _new_copies(dialect: str) -> ClauseElement:
+    """On SQLite the copies' document and time come as the driver binds them (`_copy_rows`): their
+    column types do not convert them again, value by value."""
+    statement = inserting_new(events)(dialect)
+    if dialect == "sqlite":
+        statement = statement.values(document=bindparam("document", type_=String()), at=bindparam("at", type_=String()))
+    return statement
+
+
+NEW_EVENTS = BulkWrite(_new_copies, EVENT_COLUMNS)
+SQLITE_TIME = UTCDateTime().bind_processor(sqlite.dialect())  # the text a UTC time is stored as there
 MATCH_COLUMNS = ("funnel", "event_id", "customer_id", "at", "stages", "channel")
 NEW_MATCHES = BulkWrite(inserting_new(matches), MATCH_COLUMNS)
 
@@ -242,8 +256,7 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
     appending = retention_days <= 0
     latest = await _latest_events(session, sorted({r.customer_id for r in copies})) if appending else {}
     kept = await _insert_new(session, events, NEW_EVENTS, [r.event_id for r in copies],
-                             [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, r.at) for r in copies],
-                             appending)
+                             _copy_rows(copies, dialect_of(session)), appending)
     if appending:
         _append_steps(pending, kept, copies, latest)
     await _record_traits(session, [(r.customer_id, e) for r, e in zip(rows, batch, strict=True) if e.traits])
@@ -258,6 +271,16 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
                 _append_matches(pending, funnel.key, kept, matched, latest)
             pending.dirty[funnel.key] |= {m[2] for m in matched}
         pending.dirty[funnel.key] |= on_journeys  # an event inside an attempt's window changes its journey
+
+
+def _copy_rows(copies: list[EventRow], dialect: str) -> list[tuple[Any, ...]]:
+    """The copies in EVENT_COLUMNS order. On SQLite as NEW_EVENTS takes them there: the document's
+    bytes as they are, the time as the text UTCDateTime writes."""
+    if dialect == "sqlite":
+        assert SQLITE_TIME is not None
+        return [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, SQLITE_TIME(r.at))
+                for r in copies]
+    return [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, r.at) for r in copies]
 
 
 async def _insert_new(session: AsyncSession, table: Table, bulk: BulkWrite, ids: list[str], rows: list[tuple[Any, ...]],
@@ -312,14 +335,16 @@ def _first_copies(ids: list[str], new: Callable[[str], bool]) -> list[int]:
 def _append_steps(pending: Pending, kept: list[int], rows: list[EventRow], latest: dict[str, float]) -> None:
     """The journey steps and revenues of the events whose copy this batch stored, and when each
     customer's latest event stored before is (-inf: none)."""
+    appended_of, nothing = pending.appended, -math.inf
     for i in kept:
         r = rows[i]
-        appended = pending.appended[r.customer_id]
-        before = latest.get(r.customer_id, -math.inf)
-        appended.stored_until = before if appended.stored_until is None else max(appended.stored_until, before)
+        appended = appended_of[r.customer_id]
+        before = latest.get(r.customer_id, nothing)
+        if appended.stored_until is None or before > appended.stored_until:
+            appended.stored_until = before
         if r.type in JOURNEY_TYPES:
             appended.steps.append([r.epoch, r.event_id, r.type, step_name(r.type, r.name), r.channel])
-        if (value := property_revenue(r.properties)) is not None:
+        if "revenue" in r.properties and (value := property_revenue(r.properties)) is not None:
             appended.revenues[r.event_id] = value
 
 
@@ -327,13 +352,16 @@ def _append_matches(pending: Pending, funnel: str, kept: list[int], matched: lis
                     latest: dict[str, float]) -> None:
     """The funnel's matches this batch stored, per customer, and whether each customer's all come
     after their latest match stored before (-inf: none). Matches in MATCH_COLUMNS order."""
+    appended_of, nothing = pending.appended, -math.inf
     for i in kept:
         _, event_id, customer, at, stages, channel = matched[i]
-        appended = pending.appended[customer]
+        appended = appended_of[customer]
         appended.matched[funnel].append(Matched(at, event_id, stages))
         appended.channels[event_id] = channel
-        after = at > latest.get(customer, -math.inf)
-        appended.after_stored[funnel] = appended.after_stored.get(funnel, True) and after
+        if at <= latest.get(customer, nothing):
+            appended.after_stored[funnel] = False
+        else:
+            appended.after_stored.setdefault(funnel, True)
 
 
 async def _latest_events(session: AsyncSession, customers: list[str]) -> dict[str, float]:
@@ -574,7 +602,8 @@ async def _recounted(session: AsyncSession, funnel: Funnel, customers: list[str]
     started = {c: found for c in customers if c in appended and c not in advanced
                and (found := _started(funnel, held.get(c), appended[c])) is not None}
     new = {c: found for c, attempt in started.items() if (found := _new_row(funnel, c, attempt, appended[c])) is not None}
-    channels = {event_id: channel for c in started for event_id, channel in appended[c].channels.items()}
+    # The channels of the appended events, for the started attempts' rows not made above.
+    channels = {event_id: channel for c in started if c not in new for event_id, channel in appended[c].channels.items()}
     counted = {c: a for c, a in started.items() if c not in new} | await _counted(
         session, funnel, [c for c in customers if c not in advanced and c not in started], channels)
     return advanced | new | await _with_journeys(session, funnel, counted, channels)
@@ -626,8 +655,7 @@ def _new_row(funnel: Funnel, customer: str, attempt: Attempt, appended: Appended
                      "journey": _journey(funnel, attempt, sorted(appended.steps, key=_step_order), appended.revenues)}
 
 
-def _step_order(step: list[Any]) -> tuple[float, str]:
-    return step[0], step[1]
+_step_order = itemgetter(0, 1)  # a journey step's (at, event_id)
 
 
 def _advanced(funnel: Funnel, customer: str, held: Any, appended: Appended) -> Recounted | None:
