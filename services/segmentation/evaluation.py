@@ -96,11 +96,14 @@ def _lifecycle_reason(stage: str, order_count: int, days: float | None, t: Thres
     if days is None:
         return "no order yet"
     last = f"last order {days:.1f} days ago"
-    return {
-        "churned": f"{last} (> {t.churned_days:g})",
-        "at_risk": f"{last} (> {t.at_risk_days:g})",
-        "loyal": f"{order_count} orders (>= {t.loyal_orders}), {last}",
-    }.get(stage, f"{order_count} order(s), {last}")
+    # only the stage's own reason is formatted (once per customer a batch evaluates)
+    if stage == "churned":
+        return f"{last} (> {t.churned_days:g})"
+    if stage == "at_risk":
+        return f"{last} (> {t.at_risk_days:g})"
+    if stage == "loyal":
+        return f"{order_count} orders (>= {t.loyal_orders}), {last}"
+    return f"{order_count} order(s), {last}"
 
 
 async def apply(
