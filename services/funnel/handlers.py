@@ -6,7 +6,6 @@ from __future__ import annotations
 from services.funnel.store import erasures
 from services.funnel.tracking import (
     Pending,
-    definitions,
     erase_customer,
     merge_customer,
     record,
@@ -28,7 +27,7 @@ def make_handlers(retention_days: float) -> Handlers:
     def schedule_recount(tx: Transaction) -> None:
         async def recount_dirty() -> None:
             dirty, appended = pending(tx).take_recounts()
-            for funnel in await definitions(tx.session, sorted(dirty)):
+            for funnel in [f for f in await pending(tx).definitions(tx.session) if f.key in dirty]:  # in key order
                 await recount(tx.session, funnel, sorted(dirty[funnel.key]), tx.now, tx.outbox, appended)
 
         tx.defer("funnel.recount", recount_dirty)
@@ -49,7 +48,7 @@ def make_handlers(retention_days: float) -> Handlers:
         await record_segments(tx)  # the segment changes before it first, as they came
         await merge_customer(tx.session, event.merged_id, event.customer_id)
         pending(tx).whole.add(event.customer_id)  # another id's history is theirs now: recounted whole
-        for funnel in await definitions(tx.session):
+        for funnel in await pending(tx).definitions(tx.session):
             pending(tx).dirty[funnel.key].add(event.customer_id)
         schedule_recount(tx)
 

@@ -175,6 +175,14 @@ class Pending:
     dirty: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     appended: dict[str, Appended] = field(default_factory=lambda: defaultdict(Appended))
     whole: set[str] = field(default_factory=set)
+    funnels: list[Funnel] | None = None  # the definitions, once read (`definitions`)
+
+    async def definitions(self, session: AsyncSession) -> list[Funnel]:
+        """Every funnel, read once per batch: a definition changes only under the funnels lock held
+        alone (`lock_funnels`), which waits for the batch to commit."""
+        if self.funnels is None:
+            self.funnels = await definitions(session)
+        return self.funnels
 
     def take_recounts(self) -> tuple[dict[str, set[str]], dict[str, Appended]]:
         """The pairs to recount and what was appended for the customers not to recount whole;
@@ -261,7 +269,7 @@ async def record(session: AsyncSession, batch: list[Interaction], now: datetime,
         _append_steps(pending, kept, copies, latest)
     await _record_traits(session, [(r.customer_id, e) for r, e in zip(rows, batch, strict=True) if e.traits])
     on_journeys = {r.customer_id for r in rows if r.type in JOURNEY_TYPES}
-    for funnel in await definitions(session):
+    for funnel in await pending.definitions(session):
         matched = _matches(funnel, rows)
         if matched:
             if appending:
