@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.ingest.inbox import Inbound, pack
 from services.ingest.messages import MAX_NESTING, Message, Rejection, clipped, nesting, printable_id
+from services.ingest.on_sqlite import SqliteStatement, execute_many, is_sqlite
 from services.ingest.store import (
     bus_tables,
     erasures,
@@ -80,7 +81,7 @@ async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:
         at = message.occurred_at
         rows.append((message.message_id, customer_id, times.get(at) or times.setdefault(at, stored(at)), body))
     compiled = NEW_EVENTS.compiled(db.dialect)
-    await db.exec_driver_sql(compiled.sql, compiled.parameters(rows))
+    await execute_many(db, compiled.sql, compiled.parameters(rows))
     return outbox
 
 
@@ -133,9 +134,7 @@ async def _drop_duplicates(db: AsyncConnection, messages: list[Inbound]) -> list
     for m in messages:
         if not m.generated_id:
             sent.setdefault(m.message_id, m.received_at)  # the first copy is the one remembered
-    new: set[str] = set()
-    if sent:
-        new = set((await db.execute(*_remembering(db, sent))).scalars())
+    new = await _remembering(db, sent) if sent else set()
     fresh = []
     for message in messages:
         if message.generated_id or message.message_id in new:
@@ -144,23 +143,24 @@ async def _drop_duplicates(db: AsyncConnection, messages: list[Inbound]) -> list
     return fresh
 
 
-def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> tuple[Any, dict[str, Any]]:
+async def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> set[str]:
     """INSERT the (id, seen at) pairs unless there, RETURNING the ids inserted: the rows as one
     or two bound parameters (a JSON array on SQLite, arrays on PostgreSQL), so the statement
     compiles once and no parameters are built per row."""
-    if db.dialect.name == "postgresql":
-        return REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())}
+    if not is_sqlite(db):
+        return set((await db.execute(REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())})).scalars())
     text = utc_text(db.dialect)
     times = {at: text(at) for at in set(sent.values())}  # a request's messages share one
-    return REMEMBER_SQLITE, {"pairs": orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()}
+    pairs = orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()
+    return {message_id for message_id, in await REMEMBER_SQLITE.rows(db, pairs=pairs)}
 
 
 _PAIRS = func.json_each(bindparam("pairs")).table_valued("value")
-REMEMBER_SQLITE = sqlite_insert(seen_messages).from_select(
+REMEMBER_SQLITE = SqliteStatement(sqlite_insert(seen_messages).from_select(
     ["message_id", "seen_at"],
     # WHERE: SQLite reads an ON CONFLICT right after FROM as a join's constraint
     select(func.json_extract(_PAIRS.c.value, "$[0]"), func.json_extract(_PAIRS.c.value, "$[1]")).where(true()),
-).on_conflict_do_nothing().returning(seen_messages.c.message_id)
+).on_conflict_do_nothing().returning(seen_messages.c.message_id))
 _ROWS = func.unnest(bindparam("ids", type_=ARRAY(Text())), bindparam("ats", type_=ARRAY(UTCDateTime()))).table_valued(
     "message_id", "seen_at").render_derived()
 REMEMBER_PG = pg_insert(seen_messages).from_select(
@@ -188,9 +188,7 @@ def _named_ids(messages: list[Inbound]) -> set[str]:
 async def _stitch(db: AsyncConnection, messages: list[Inbound], outbox: Outbox) -> dict[str, str]:
     """Apply the batch's new links, in order; returns id -> customer for every id the batch names.
     One read of the ids' links for the whole batch."""
-    rows = await db.execute(
-        select(identities.c.alias_id, identities.c.customer_id).where(among(identities.c.alias_id, list(_named_ids(messages)), db)))
-    links = dict(rows.tuples().all())
+    links = await _links_of(db, list(_named_ids(messages)))
     members: dict[str, list[str]] = {}  # customer -> the ids above that count for it
     for alias_id, customer in links.items():
         members.setdefault(customer, []).append(alias_id)
@@ -209,6 +207,18 @@ async def _stitch(db: AsyncConnection, messages: list[Inbound], outbox: Outbox) 
         for merged_id, (customer, at) in moves.items():
             outbox.publish(CustomerLinked(customer_id=customer, merged_id=merged_id, at=at))
     return links
+
+
+async def _links_of(db: AsyncConnection, ids: list[str]) -> dict[str, str]:
+    """id -> customer for those of `ids` linked to one."""
+    if is_sqlite(db):
+        return dict(await LINKS_SQLITE.rows(db, ids=orjson.dumps(ids).decode()))
+    rows = await db.execute(select(identities.c.alias_id, identities.c.customer_id).where(among(identities.c.alias_id, ids, db)))
+    return dict(rows.tuples().all())
+
+
+LINKS_SQLITE = SqliteStatement(select(identities.c.alias_id, identities.c.customer_id).where(
+    identities.c.alias_id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value))))  # as `among`
 
 
 async def _save_links(db: AsyncConnection, moves: dict[str, tuple[str, datetime]]) -> None:

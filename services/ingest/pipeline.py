@@ -31,13 +31,15 @@ from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, Table, delete, func, insert, select
+import orjson
+from sqlalchemy import Row, Select, Table, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import ingestion
 from services.ingest.inbox import as_sent, pack, unpack
 from services.ingest.inbox_writer import InboxWriter
 from services.ingest.messages import Message, Rejection
+from services.ingest.on_sqlite import SqliteStatement, is_sqlite
 from services.ingest.store import INBOXES, packed_inbox, quarantine
 from shared.outage import raise_if_outage
 from shared.store import among
@@ -202,7 +204,7 @@ class Pipeline:
                 return False
             messages = [message for row in pending for message in unpack(row.messages, row.received_at)]
             outbox = await ingestion.accept(db, messages)
-            await db.execute(delete(table).where(among(table.c.id, [r.id for r in pending], db)))
+            await _delete_rows(db, table, [r.id for r in pending])
             await runtime.bus.publish(outbox.records)
         self._backlog = max(0, self._backlog - len(pending))
         return True
@@ -256,6 +258,17 @@ async def _oldest_rows(db: AsyncConnection, rows: int, inboxes: Sequence[Table],
 
 def _locking(query: Select[Any], db: AsyncConnection) -> Select[Any]:
     return query if db.dialect.name == "sqlite" else query.with_for_update(skip_locked=True)
+
+
+async def _delete_rows(db: AsyncConnection, table: Table, ids: list[int]) -> None:
+    if is_sqlite(db):
+        await DELETE_ON_SQLITE[table.name].rows(db, ids=orjson.dumps(ids).decode())
+    else:
+        await db.execute(delete(table).where(among(table.c.id, ids, db)))
+
+
+DELETE_ON_SQLITE = {table.name: SqliteStatement(delete(table).where(  # as `among`
+    table.c.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)))) for table in INBOXES}
 
 
 def _within_bytes(sizes: Sequence[tuple[int, int]]) -> list[int]:
