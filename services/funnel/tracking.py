@@ -73,6 +73,7 @@ NEW_TRANSITIONS = BulkWrite(lambda _: insert(transitions), TRANSITION_COLUMNS)
 ATTEMPT_COLUMNS = ("funnel", "customer_id", "depth", "times", "event_ids", "first_at", "reached_at", "channel", "journey",
                    "version")
 NEW_ATTEMPTS = BulkWrite(lambda _: insert(attempts), ATTEMPT_COLUMNS)
+ATTEMPT_VALUES = itemgetter(*ATTEMPT_COLUMNS)  # an attempts row (a dict) as a tuple in that order
 MOVED_ATTEMPTS = BulkWrite(
     lambda _: update(attempts).where(attempts.c.funnel == bindparam("b_funnel", type_=attempts.c.funnel.type),
                                      attempts.c.customer_id == bindparam("b_customer_id", type_=attempts.c.customer_id.type))
@@ -81,6 +82,7 @@ MOVED_ATTEMPTS = BulkWrite(
 # Most recounts only add journey steps: then the attempt's other columns (and the indexes on them)
 # are left as they are.
 JOURNEY_COLUMNS = ("funnel", "customer_id", "journey", "version")
+JOURNEY_VALUES = itemgetter(*JOURNEY_COLUMNS)
 LONGER_JOURNEYS = BulkWrite(
     lambda _: update(attempts).where(attempts.c.funnel == bindparam("b_funnel", type_=attempts.c.funnel.type),
                                      attempts.c.customer_id == bindparam("b_customer_id", type_=attempts.c.customer_id.type))
@@ -588,9 +590,9 @@ async def recount(session: AsyncSession, funnel: Funnel, customers: list[str], n
                 moves += _transitions(funnel, customer, before.depth if before is not None else 0, attempt, now, outbox,
                                       version)
         await NEW_TRANSITIONS.run(session, moves)
-        await NEW_ATTEMPTS.run(session, [tuple(r[c] for c in ATTEMPT_COLUMNS) for r in new])
-        await MOVED_ATTEMPTS.run(session, [tuple(r[c] for c in ATTEMPT_COLUMNS) for r in moved])
-        await LONGER_JOURNEYS.run(session, [tuple(r[c] for c in JOURNEY_COLUMNS) for r in longer])
+        await NEW_ATTEMPTS.run(session, list(map(ATTEMPT_VALUES, new)))
+        await MOVED_ATTEMPTS.run(session, list(map(ATTEMPT_VALUES, moved)))
+        await LONGER_JOURNEYS.run(session, list(map(JOURNEY_VALUES, longer)))
         if gone:
             await remove_attempts(session, gone, [funnel.key])
     return changed
