@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
@@ -62,6 +62,7 @@ class TestOldestRows:
             assert table is packed_inbox
             assert [row.id for row in taken] == expected, rows
             assert [len(row.messages) for row in taken] == [sizes[ids.index(i)] for i in expected]
+            assert all(row.received_at == at and row.received_at.utcoffset() == timedelta(0) for row in taken)
 
     async def test_empty_inboxes_give_no_rows(self, store: Store) -> None:
         for rows in (ROWS_BESIDE_REQUESTS, ROWS_PER_TRANSACTION):
