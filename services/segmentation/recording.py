@@ -9,6 +9,7 @@ the orders table, so late and repeated events give the same profile as events in
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -82,6 +83,7 @@ def _creating(with_orders: bool) -> BulkWrite:
 FOLD_INTO_PROFILES = {with_orders: _folding(with_orders) for with_orders in (False, True)}
 NEW_PROFILES = {with_orders: _creating(with_orders) for with_orders in (False, True)}
 NO_ORDERS = (0, 0.0)  # a new profile's order count and revenue
+NO_TRAITS = orjson.dumps({})  # a new profile's traits and their times
 NEW_STAGES = BulkWrite(lambda _: insert(funnel_stages), ("customer_id", "funnel", "stage", "at", "seq"))  # StageMove's order
 MOVED_STAGES = BulkWrite(
     lambda _: update(funnel_stages).where(
@@ -197,7 +199,7 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
     changed: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
     for customer, events in by_customer.items():
         row = held.get(customer)
-        folded = (customer, *_folded(_loaded(row) if row else None, events))
+        folded = (customer, *_folded(row._mapping if row else None, events))
         if row:
             changed[customer in ordering].append(folded)
         elif customer in ordering:
@@ -210,9 +212,10 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
     facts_marked(session).update(by_customer)  # by the trigger on profiles: `apply` marks none of them again
 
 
-def _folded(p: dict[str, Any] | None, events: list[Interaction]) -> tuple[Any, ...]:
-    """The profile (`FOLDED` columns, traits encoded) after these events: what folding them one
-    at a time with `_fold` gives, in a loop over the events that makes no dictionaries."""
+def _folded(p: Mapping[str, Any] | None, events: list[Interaction]) -> tuple[Any, ...]:
+    """The profile (`FOLDED` columns, traits encoded) after these events, from the held one (its
+    `FOLDED` columns as stored) or none: what folding them one at a time with `_fold` gives, in a
+    loop over the events that makes no dictionaries."""
     # The events' own bounds first, then one comparison each with the held profile: its times
     # come from the store in another tzinfo, which makes every comparison with them 20x slower.
     earliest = min(events, key=_OCCURRED_AT)  # the first of the earliest: its channel is the first touch
@@ -220,9 +223,7 @@ def _folded(p: dict[str, Any] | None, events: list[Interaction]) -> tuple[Any, .
     first_seen = channel_at = earliest.occurred_at
     channel = earliest.channel
     if p is None:
-        traits: dict[str, Any] = {}
-        traits_at: dict[str, str] = {}
-        last_seen, count = latest, 0
+        traits, traits_at, last_seen, count = NO_TRAITS, NO_TRAITS, latest, 0
     else:
         traits, traits_at, count = p["traits"], p["traits_at"], p["event_count"]
         if not first_seen < p["first_seen"]:
@@ -230,13 +231,20 @@ def _folded(p: dict[str, Any] | None, events: list[Interaction]) -> tuple[Any, .
         last_seen = latest if latest > p["last_seen"] else p["last_seen"]
         if p["channel_at"] is not None and not channel_at < p["channel_at"]:
             channel, channel_at = p["channel"], p["channel_at"]
+    identified = [e for e in events if e.traits]
+    if identified:  # else the traits stay as they are stored: no decoding and encoding them again
+        traits, traits_at = _set_traits(orjson.loads(traits), orjson.loads(traits_at), identified)
+    return (traits, traits_at, first_seen, last_seen, count + len(events), channel, channel_at)
+
+
+def _set_traits(traits: dict[str, Any], traits_at: dict[str, str], events: list[Interaction]) -> tuple[bytes, bytes]:
+    """Per trait, the value set latest (merge_traits; a later event wins a tie), encoded."""
     for e in events:
-        if e.traits:  # per trait, the value set latest (merge_traits)
-            stamp = e.occurred_at.isoformat()
-            for name, value in e.traits.items():
-                if name not in traits_at or stamp >= traits_at[name]:
-                    traits[name], traits_at[name] = value, stamp
-    return (orjson.dumps(traits), orjson.dumps(traits_at), first_seen, last_seen, count + len(events), channel, channel_at)
+        stamp = e.occurred_at.isoformat()
+        for name, value in e.traits.items():
+            if name not in traits_at or stamp >= traits_at[name]:
+                traits[name], traits_at[name] = value, stamp
+    return orjson.dumps(traits), orjson.dumps(traits_at)
 
 
 def _loaded(row: Row[Any]) -> dict[str, Any]:
