@@ -28,6 +28,11 @@ class InboxWriter:
     def __init__(self) -> None:
         self._db: aiosqlite.Connection | None = None
 
+    @staticmethod
+    def serves(store: Store) -> bool:
+        """A SQLite file (an in-memory database is the store's connection's own)."""
+        return store.is_sqlite and store.engine.url.database not in (None, "", ":memory:")
+
     async def write(self, store: Store, rows: list[tuple[datetime, bytes]]) -> None:
         if not rows:
             return  # requests that accepted nothing
@@ -36,9 +41,7 @@ class InboxWriter:
         await db.execute(_insert(len(rows)), [value for at, data in rows for value in (to_text(at), data)])
 
     async def _open(self, store: Store) -> aiosqlite.Connection:
-        path = store.engine.url.database
-        assert path, "the inbox writer needs a SQLite file"
-        db = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        db = await aiosqlite.connect(store.engine.url.database or "", timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         self._db = db

@@ -114,7 +114,7 @@ class Pipeline:
     async def _write(self, runtime: Runtime, requests: list[tuple[list[Message], list[Rejection], datetime]]) -> None:
         """On SQLite, requests without rejections (the usual) through the inbox writer: one round
         trip; else the store's transaction, the quarantine beside the inbox rows."""
-        if runtime.store.is_sqlite and not runtime.stopping.is_set() and not any(r for _, r, _ in requests):
+        if self._inbox.serves(runtime.store) and not runtime.stopping.is_set() and not any(r for _, r, _ in requests):
             rows = [(at, pack(m, at)) for m, _, at in requests if m]
             async with self._writer_turn(runtime):
                 await self._inbox.write(runtime.store, rows)
