@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 from sqlalchemy import ClauseElement, String, Table, bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.funnel.logic import (
@@ -233,10 +234,10 @@ EVENT_COLUMNS = ("event_id", "customer_id", "type", "name", "document", "channel
 def _new_copies(dialect: str) -> ClauseElement:
     """On SQLite the copies' document and time come as the driver binds them (`_copy_rows`): their
     column types do not convert them again, value by value."""
-    statement = inserting_new(events)(dialect)
     if dialect == "sqlite":
-        statement = statement.values(document=bindparam("document", type_=String()), at=bindparam("at", type_=String()))
-    return statement
+        return sqlite_insert(events).values(document=bindparam("document", type_=String()),
+                                            at=bindparam("at", type_=String())).on_conflict_do_nothing()
+    return inserting_new(events)(dialect)
 
 
 NEW_EVENTS = BulkWrite(_new_copies, EVENT_COLUMNS)
