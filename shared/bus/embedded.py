@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 import time
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS group_owners (
 
 # How often a waiting consumer looks for records written by other processes.
 CROSS_PROCESS_POLL_SECONDS = 0.05
+# Beyond the kernel's clock tick for file times (1-10 ms), with a margin for clock adjustments.
+STAMP_SETTLE_SECONDS = 0.05
 
 
 def dump_headers(headers: dict[str, str]) -> str:
@@ -69,6 +72,7 @@ class EmbeddedBus:
         self._conn: sqlite3.Connection | None = None
         self._topics: dict[str, int] = {}
         self._published = asyncio.Event()
+        self._appends = 0  # publishes by this bus: part of `log_stamp`
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,6 +172,7 @@ class EmbeddedBus:
         if not records:
             return
         await self._run(self._append, records)
+        self._appends += 1
         self._published.set()
         self._published = asyncio.Event()
 
@@ -197,6 +202,21 @@ class EmbeddedBus:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def log_stamp(self) -> tuple[object, ...] | None:
+        """Changes whenever a record may have been appended since it was taken: by this bus, or by
+        another process, whose commit writes the write-ahead log (or the file itself, without
+        WAL). Two stats on the event loop, no SQLite call: an idle consumer looks at it 20 times a
+        second, where a look at the log is a thread hop and a query per partition.
+
+        None while a file changed in the last STAMP_SETTLE_SECONDS: the kernel keeps file times
+        at its clock tick (a few ms), and a WAL reused from its start keeps its size, so a second
+        append in the same tick could leave the stamp as it was."""
+        files = _file_stamp(self.path), _file_stamp(Path(f"{self.path}-wal"))
+        settled = time.time_ns() - int(STAMP_SETTLE_SECONDS * 1e9)
+        if any(file is not None and file[1] > settled for file in files):
+            return None
+        return self._appends, *files
 
     async def wait_for_records(self, timeout: float) -> None:
         """Wake on a publish from this process, or after a short poll for other processes."""
@@ -294,12 +314,14 @@ class EmbeddedBus:
         self._db().execute("DELETE FROM group_members WHERE grp = ? AND member = ?", (group, member))
 
     def _fetch(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
+        topic, partition = tp
         rows = self._db().execute(
             'SELECT "offset", key, value, headers, ts FROM records '
             'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
-            (*tp, start, limit),
+            (topic, partition, start, limit),
         ).fetchall()
-        return [Record(tp[0], tp[1], o, k, v, orjson.loads(h), ts) for o, k, v, h, ts in rows]
+        loads = orjson.loads  # every record of every consumer: no attribute lookups per row
+        return [Record(topic, partition, o, k, v, loads(h), ts) for o, k, v, h, ts in rows]
 
     def _commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         self._db().executemany(
@@ -310,6 +332,14 @@ class EmbeddedBus:
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
         """One partition from `offset` on, outside any consumer group (a plain SELECT)."""
         return await self._run(self._fetch, (topic, partition), offset, limit)
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 class EmbeddedConsumer:
@@ -326,6 +356,7 @@ class EmbeddedConsumer:
         self._seeks: dict[TopicPartition, int] = {}
         self._last_heartbeat = 0.0
         self._interval = self.HEARTBEAT_SECONDS
+        self._looked_at: tuple[object, ...] | None = None  # the log's stamp when a look found nothing
 
     async def start(self) -> None:
         await self.bus.ensure_topics(self.topics)
@@ -341,6 +372,7 @@ class EmbeddedConsumer:
     async def _rebalance(self) -> None:
         owned, target = await self.bus._run(self.bus._rebalance, self.group, self.member, self.topics)
         self._last_heartbeat = time.monotonic()
+        self._looked_at = None  # positions may have moved; and a look at least once a heartbeat
         # Until we own our whole share, look again soon: the previous owner releases at its next poll.
         self._interval = self.HEARTBEAT_SECONDS if owned == target else 0.1
         for tp in set(self._positions) - owned:
@@ -356,9 +388,14 @@ class EmbeddedConsumer:
         while True:
             if time.monotonic() - self._last_heartbeat >= self._interval:
                 await self._rebalance()
-            records = await self.bus._run(self._fetch_assigned, max_records)
-            if records or time.monotonic() >= deadline:
-                return records
+            stamp = self.bus.log_stamp()  # before the look: an append after it changes the stamp
+            if stamp is None or stamp != self._looked_at:  # else nothing appended since a look found nothing
+                records = await self.bus._run(self._fetch_assigned, max_records)
+                if records:
+                    return records
+                self._looked_at = stamp
+            if time.monotonic() >= deadline:
+                return []
             await self.bus.wait_for_records(deadline - time.monotonic())
 
     def _fetch_assigned(self, max_records: int) -> list[Record]:
@@ -386,6 +423,7 @@ class EmbeddedConsumer:
         await self.bus._run(self.bus._commit, self.group, offsets)
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._looked_at = None
         if (topic, partition) in self._positions:
             self._positions[(topic, partition)] = offset
         else:
