@@ -10,7 +10,8 @@ itself is at fault) is moved to the quarantine with the error instead of stallin
 it; during an outage the row waits.
 
 Requests come first: each request commits its inbox row through one group commit (requests
-that arrive while a commit is under way are written together by the next, one transaction for all),
+that arrive while a commit is under way are written together by the next, one transaction for all;
+on SQLite one INSERT on a connection of its own, inbox_writer.py, taking turns with the pipeline),
 and while requests come the pipeline gives way to them: it waits for a pause of QUIET_SECONDS, or
 for GIVE_WAY times as long as its last transaction took, so requests get most of the time, unless
 more than BACKLOG_ROWS rows wait; past that bound it no longer waits and requests slow to its pace. In one process the two
