@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import ColumnElement, Row, bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy import ColumnElement, Integer, Row, bindparam, case, delete, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.evaluation import Wanted, apply
@@ -59,14 +59,17 @@ def order_totals(customer: ColumnElement[str]) -> dict[str, Any]:
             "last_order_at": select(func.max(orders.c.at)).where(theirs).scalar_subquery()}
 
 
-def _folding(with_orders: bool) -> BulkWrite:
-    """The update of a held profile with its events (`FOLDED`), and its order totals when the
-    batch has orders of its customer (one write of the row, one mark of its facts)."""
+def _folding() -> BulkWrite:
+    """The update of a held profile with its events (`FOLDED`), and with its order totals again
+    when the batch has orders of its customer (`b_orders` 1): one statement for both kinds of
+    profile, so a batch makes one round trip fewer (one write of the row, one mark of its facts)."""
     def build(_: str) -> Any:
         values: dict[str, Any] = {c: bindparam(f"b_{c}", type_=profiles.c[c].type) for c in FOLDED}
+        ordered = bindparam("b_orders", type_=Integer) == literal_column("1")
+        totals = {c: case((ordered, total), else_=profiles.c[c]) for c, total in order_totals(profiles.c.customer_id).items()}
         return (update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id", type_=profiles.c.customer_id.type))
-                .values(values | (order_totals(profiles.c.customer_id) if with_orders else {})))
-    return BulkWrite(build, ("b_customer_id", *(f"b_{c}" for c in FOLDED)))
+                .values(values | totals))
+    return BulkWrite(build, ("b_customer_id", *(f"b_{c}" for c in FOLDED), "b_orders"))
 
 
 def _creating(with_orders: bool) -> BulkWrite:
@@ -80,7 +83,7 @@ def _creating(with_orders: bool) -> BulkWrite:
     return BulkWrite(build, ("customer_id", *FOLDED))
 
 
-FOLD_INTO_PROFILES = {with_orders: _folding(with_orders) for with_orders in (False, True)}
+FOLD_INTO_PROFILES = _folding()
 NEW_PROFILES = {with_orders: _creating(with_orders) for with_orders in (False, True)}
 NO_ORDERS = (0, 0.0)  # a new profile's order count and revenue
 NO_TRAITS = orjson.dumps({})  # a new profile's traits and their times
@@ -196,19 +199,19 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
             profiles.c.customer_id, profiles.c.traits, profiles.c.traits_at, profiles.c.first_seen, profiles.c.last_seen,
             profiles.c.event_count, profiles.c.channel, profiles.c.channel_at).where(among(profiles.c.customer_id, chunk, session)))}
     new: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
-    changed: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
+    changed: list[tuple[Any, ...]] = []
     for customer, events in by_customer.items():
         row = held.get(customer)
         folded = (customer, *_folded(row._mapping if row else None, events))
         if row:
-            changed[customer in ordering].append(folded)
+            changed.append((*folded, 1 if customer in ordering else 0))
         elif customer in ordering:
             new[True].append(folded)
         else:
             new[False].append((*folded, *NO_ORDERS))
     for with_orders in (False, True):
         await NEW_PROFILES[with_orders].run(session, new[with_orders])
-        await FOLD_INTO_PROFILES[with_orders].run(session, changed[with_orders])
+    await FOLD_INTO_PROFILES.run(session, changed)
     facts_marked(session).update(by_customer)  # by the trigger on profiles: `apply` marks none of them again
 
 
