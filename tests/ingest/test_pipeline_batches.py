@@ -56,7 +56,7 @@ class TestOldestRows:
             ids = [(await session.execute(insert(packed_inbox).values(received_at=at, messages=b"x" * size)
                                           .returning(packed_inbox.c.id))).scalar_one() for size in sizes]
         for rows in (1, ROWS_BESIDE_REQUESTS, ROWS_BESIDE_REQUESTS + 1, ROWS_PER_TRANSACTION):
-            expected = _within_bytes(list(zip(ids, sizes))[:rows])
+            expected = _within_bytes(list(zip(ids, sizes, strict=True))[:rows])
             async with store.transaction() as session:
                 table, taken = await _oldest_rows(await session.connection(), rows, INBOXES)
             assert table is packed_inbox
