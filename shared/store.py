@@ -337,6 +337,16 @@ def _engine_options(url: str) -> dict[str, Any]:
     return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
 
 
+# Every connection to a SQLite store (the store's own, and any a service opens beside them).
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+    "PRAGMA secure_delete=ON",  # erased rows are zeroed, not left readable in free space
+)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     """WAL so readers never block the writer; explicit BEGIN so transactions are real (pysqlite
     otherwise starts them lazily), IMMEDIATE for writers so they queue instead of deadlocking."""
@@ -345,11 +355,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA secure_delete=ON")  # erased rows are zeroed, not left readable in free space
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -17,7 +17,7 @@ import aiosqlite
 
 from services.ingest.ingestion import utc_text
 from services.ingest.store import packed_inbox
-from shared.store import Store
+from shared.store import SQLITE_PRAGMAS, Store
 
 BUSY_TIMEOUT_SECONDS = 30  # as the store's connections
 
@@ -42,8 +42,8 @@ class InboxWriter:
 
     async def _open(self, store: Store) -> aiosqlite.Connection:
         db = await aiosqlite.connect(store.engine.url.database or "", timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
+        for pragma in SQLITE_PRAGMAS:  # as the store's own connections
+            await db.execute(pragma)
         self._db = db
         return db
 
