@@ -16,7 +16,7 @@ from sqlalchemy import ClauseElement, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -57,12 +57,21 @@ class BulkWrite:
                 tuple(binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names))
         return found
 
-    async def run(self, session: AsyncSession, rows: Sequence[Sequence[Any]]) -> None:
+    async def run(self, db: AsyncSession | AsyncConnection, rows: Sequence[Sequence[Any]]) -> None:
+        """The rows through the statement, in the transaction of `db` (a session or its connection)."""
         if not rows:
             return
-        connection = await session.connection()
+        connection = db if isinstance(db, AsyncConnection) else await db.connection()
         compiled = self.compiled(connection.dialect)
-        await connection.exec_driver_sql(compiled.sql, compiled.parameters(rows))
+        parameters = compiled.parameters(rows)
+        if connection.dialect.name == "sqlite":
+            # On aiosqlite's own connection (the same SQLite connection, so the same transaction):
+            # one round trip to its thread, where SQLAlchemy's cursor takes three or four (a cursor,
+            # the statement, its result, closing it), ~50 us of CPU each.
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            await driver.executemany(compiled.sql, parameters)
+        else:
+            await connection.exec_driver_sql(compiled.sql, parameters)
 
 
 def inserting_new(table: Table) -> Callable[[str], ClauseElement]:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.ingest.inbox import Inbound, pack
 from services.ingest.messages import MAX_NESTING, Message, Rejection, clipped, nesting, printable_id
-from services.ingest.on_sqlite import SqliteStatement, execute_many, is_sqlite
+from services.ingest.on_sqlite import SqliteStatement, is_sqlite
 from services.ingest.store import (
     bus_tables,
     erasures,
@@ -80,8 +80,7 @@ async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:
         outbox.add(record(Interaction, customer_id, message.message_id, body))
         at = message.occurred_at
         rows.append((message.message_id, customer_id, times.get(at) or times.setdefault(at, stored(at)), body))
-    compiled = NEW_EVENTS.compiled(db.dialect)
-    await execute_many(db, compiled.sql, compiled.parameters(rows))
+    await NEW_EVENTS.run(db, rows)
     return outbox
 
 

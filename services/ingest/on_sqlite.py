@@ -5,11 +5,12 @@ statement, its rows, closing the cursor), each ~50 us of CPU between the event l
 thread, and SQLAlchemy's statement handling on top: ~0.2 ms a statement, paid on every pipeline
 transaction whatever its size. Here a statement, compiled once, runs on the driver's connection
 under the same transaction (the same sqlite3 connection, so it commits or rolls back with it) in
-one round trip. PostgreSQL keeps SQLAlchemy's path (asyncpg has no thread to cross).
+one round trip. PostgreSQL keeps SQLAlchemy's path (asyncpg has no thread to cross). Bulk
+inserts take the same shortcut in shared/bulk.py.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,11 +48,3 @@ class SqliteStatement:
         rows: Sequence[tuple[Any, ...]] = await (await driver(db)).execute_fetchall(
             sql, [values[n] if n in values else fixed[n] for n in names])
         return rows
-
-
-async def execute_many(db: AsyncConnection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-    """`sql` (the driver's own, as shared.bulk compiles it) once per row."""
-    if is_sqlite(db):
-        await (await driver(db)).executemany(sql, rows)
-    else:
-        await db.exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
