@@ -29,6 +29,7 @@ from tests.helpers import ROOT, free_port, stop_process, wait_until_healthy
 REQUESTS = 300
 BATCH = 100
 CONCURRENCY = 8  # requests in flight, as from several SDK clients
+TARGET_RATIO = 0.5  # issue 13: at least half the bare framework's rate
 AUTH = ("dev-write-key", "")
 PUBLISH_TIMEOUT_SECONDS = 300
 
@@ -141,7 +142,8 @@ def main() -> None:
     result = asyncio.run(run())
     print(f"ingest /v1/batch over HTTP (uvicorn, loopback, {CONCURRENCY} in flight, {BATCH} a request): "
           f"{result['ingest_events_per_s']:,.0f} events/s; bare FastAPI ceiling "
-          f"{result['ceiling_events_per_s']:,.0f} events/s; ratio {result['ratio']:.2f} (target >= 0.5); "
+          f"{result['ceiling_events_per_s']:,.0f} events/s; ratio {result['ratio']:.2f} "
+          f"(target >= {TARGET_RATIO}: {'met' if result['ratio'] >= TARGET_RATIO else 'missed'}); "
           f"sustained until all on the bus: {result['sustained_events_per_s']:,.0f} events/s")
     print(f"   server CPU per request of {BATCH}: bare {result['ceiling_cpu_ms']:.1f} ms; ingest "
           f"{result['requests_cpu_ms']:.1f} ms while requests ran, {result['all_cpu_ms']:.1f} ms until all on the bus "
