@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (BigInteger, Column, Dialect, Float, Index, Integer, LargeBinary, Row, String, Table, Text, bindparam,
                         func, select, text, update)
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -190,10 +191,9 @@ survey_answers = Table(
 )
 
 # Whose facts changed, and when (a version in commit order), for the facts previews keep in memory
-# (facts_index.py). Written by triggers (migration 0009) on profiles, customer_events and
-# funnel_stages, and by `mark_facts_changed` for memberships (migration 0011); a profile deleted or
-# renamed moves the generation instead. An insert into customer_events has no trigger (migration
-# 0010): its customer's profile is written with it.
+# (facts_index.py). Written by the code that writes a table a rule reads (profiles, memberships,
+# customer_events, funnel_stages), through `mark_facts_changed`; a profile deleted or renamed
+# (erasure, merge) moves the generation instead (`forget_facts`). No triggers since migration 0012.
 fact_changes = Table(
     "fact_changes",
     metadata,
@@ -214,15 +214,21 @@ customer_tables = (profiles, orders, memberships, history, customer_events, funn
 # A customer marked once in a transaction is marked for all of it: on SQLite writers take turns and
 # readers see the transaction's writes together, on PostgreSQL every mark is the transaction's id.
 _MARKED = "segmentation.facts_marked"
+# One statement marks them all (a trigger per row cost about twice as much, issue 13): those with a
+# profile, in id order (two writers that meet wait, not deadlock), returning whom it marked.
 _MARK = {
-    "sqlite": "(SELECT coalesce(max(version), 0) + 1 FROM fact_changes)",  # as migration 0009's triggers
-    "postgresql": "pg_current_xact_id()::text::bigint",
+    "sqlite": ("INSERT INTO fact_changes (customer_id, version) SELECT customer_id, "
+               "(SELECT coalesce(max(version), 0) + 1 FROM fact_changes) FROM profiles "
+               "WHERE customer_id IN (SELECT value FROM json_each(:c)) ORDER BY customer_id "
+               "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version RETURNING customer_id"),
+    "postgresql": ("INSERT INTO fact_changes (customer_id, version) SELECT customer_id, pg_current_xact_id()::text::bigint "
+                   "FROM profiles WHERE customer_id IN :c ORDER BY customer_id "
+                   "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version RETURNING customer_id"),
 }
 
 
 def facts_marked(session: AsyncSession) -> set[str]:
-    """The customers marked changed in `fact_changes` in the session's open transaction (by
-    `mark_facts_changed`, or by the profile writes that record their own: their trigger did)."""
+    """The customers marked changed in `fact_changes` in the session's open transaction."""
     transaction = session.sync_session.get_transaction()
     held = session.info.get(_MARKED)
     if held is None or held[0] is not transaction:
@@ -232,18 +238,27 @@ def facts_marked(session: AsyncSession) -> set[str]:
 
 
 async def mark_facts_changed(session: AsyncSession, customers: Iterable[str]) -> None:
-    """These customers' facts changed (their memberships): marked as migration 0009's triggers
-    mark them (only a customer with a profile; not again in the same transaction)."""
+    """These customers' facts changed (a write to their profile, memberships, behaviour events or
+    funnel stages): marked, those with a profile only (no profile, no facts), and not again in the
+    same transaction. Every writer of those tables calls it (no trigger does, migration 0012)."""
     marked = facts_marked(session)
     wanted = sorted(set(customers) - marked)
     if not wanted:
         return
-    await session.execute(text(
-        f"INSERT INTO fact_changes (customer_id, version) SELECT :c, {_MARK[dialect_of(session)]} "
-        "WHERE EXISTS (SELECT 1 FROM profiles WHERE customer_id = :c) "
-        "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version").bindparams(
-            bindparam("c", type_=String)), [{"c": c} for c in wanted])
-    marked.update(wanted)
+    if dialect_of(session) == "sqlite":
+        statement = text(_MARK["sqlite"]).bindparams(c=orjson.dumps(wanted).decode())
+    else:
+        statement = text(_MARK["postgresql"]).bindparams(bindparam("c", wanted, expanding=True))
+    marked.update((await session.execute(statement)).scalars())  # a customer without a profile stays unmarked
+
+
+async def forget_facts(session: AsyncSession, customers: Iterable[str]) -> None:
+    """These ids' profiles went (erasure, merge): their marks go too (no erased id stays), and the
+    generation moves, so previews load every customer again."""
+    gone = sorted(set(customers))
+    await session.execute(fact_changes.delete().where(fact_changes.c.customer_id.in_(gone)))
+    await session.execute(update(fact_generation).values(generation=fact_generation.c.generation + 1))
+    facts_marked(session).difference_update(gone)  # a profile written again later in the transaction is marked again
 
 
 async def canonical(session: AsyncSession, customer_id: str) -> str:
