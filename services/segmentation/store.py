@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import (BigInteger, Column, Dialect, Float, Index, Integer, LargeBinary, Row, String, Table, Text, bindparam,
+from sqlalchemy import (BigInteger, Column, Dialect, Float, Index, Integer, LargeBinary, Row, String, Table, Text,
                         func, select, text, update)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import TypeDecorator
