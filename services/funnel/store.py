@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     Float,
@@ -18,7 +19,9 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    TableValuedAlias,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -28,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables, canonical_ids, chunks
-from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata
+from shared.store import BigId, UTCDateTime, add_bus_tables, dialect_of, make_metadata
 from shared.webhooks import delivery_columns
 
 Session = AsyncSession  # what the routes hand these queries (api.py imports no sqlalchemy)
@@ -56,6 +59,7 @@ events = Table(
     Column("name", String(200)),
     Column("document", LargeBinary, nullable=False),
     Column("channel", String(50), nullable=False),
+    # Indexed for the retention cleanup: without, every hour it reads every copy, batches waiting.
     Column("at", UTCDateTime, nullable=False, index=True),
     Index("ix_events_customer_at", "customer_id", "at"),
 )
@@ -70,7 +74,9 @@ matches = Table(
     Column("at", Float, nullable=False),  # epoch seconds
     Column("stages", Integer, nullable=False),
     Column("channel", String(50), nullable=False),
-    Index("ix_matches_funnel_customer", "funnel", "customer_id"),
+    # Customer first: a merge or an erasure finds a customer's rows in every funnel by it too. With
+    # the time last, a customer's latest match is one lookup (`latest_times`), however many they have.
+    Index("ix_matches_customer_funnel_at", "customer_id", "funnel", "at"),
 )
 
 # Each customer's counted attempt per funnel: the stage reached and the times and events of each
@@ -167,6 +173,30 @@ alert_deliveries = Table("alert_deliveries", metadata, *delivery_columns(),
 # Every table that holds rows about a customer: an erasure deletes theirs from each (attempts go
 # first, see tracking.erase_customer).
 customer_tables = (events, matches, transitions, segment_members, traits)
+
+
+# --- per customer lookups of the batches -------------------------------------------------------
+
+
+def each_of(values: list[str], session: AsyncSession) -> TableValuedAlias:
+    """The values as rows of one column `value`, from one bound parameter (a JSON array on SQLite,
+    an array on PostgreSQL)."""
+    if dialect_of(session) == "postgresql":
+        return func.unnest(bindparam(None, values, type_=ARRAY(String()))).table_valued("value").render_derived()
+    return func.json_each(bindparam(None, orjson.dumps(values).decode())).table_valued("value")
+
+
+async def latest_times(session: AsyncSession, at: Column[Any], customers: list[str], *where: Any) -> dict[str, Any]:
+    """The latest `at` of each of `customers` among the rows of its table (`where` holding), for
+    those who have one. A max per customer, each an index lookup with (customer_id, ..., at)
+    indexed (matches, events): a GROUP BY over the customers read all their rows, and a customer
+    with thousands of events made every batch with them pay for all."""
+    found: dict[str, Any] = {}
+    for chunk in chunks(customers):
+        customer = each_of(chunk, session)
+        latest = select(func.max(at)).where(at.table.c.customer_id == customer.c.value, *where).scalar_subquery()
+        found |= {c: t for c, t in await session.execute(select(customer.c.value, latest)) if t is not None}
+    return found
 
 
 # --- queries of the routes ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import ClauseElement, String, Table, bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy import ClauseElement, String, Table, bindparam, delete, insert, literal_column, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,6 +47,7 @@ from services.funnel.store import (
     events,
     funnel_versions,
     funnels,
+    latest_times,
     links,
     matches,
     segment_members,
@@ -377,20 +378,12 @@ def _append_matches(pending: Pending, funnel: str, kept: list[int], matched: lis
 
 async def _latest_events(session: AsyncSession, customers: list[str]) -> dict[str, float]:
     """The time of each customer's latest event stored (none: no event)."""
-    found: dict[str, float] = {}
-    for chunk in chunks(customers):
-        found |= {c: epoch(at) for c, at in await session.execute(select(events.c.customer_id, func.max(events.c.at)).where(
-            among(events.c.customer_id, chunk, session)).group_by(events.c.customer_id))}
-    return found
+    return {c: epoch(at) for c, at in (await latest_times(session, events.c.at, customers)).items()}
 
 
 async def _latest_matches(session: AsyncSession, funnel: str, customers: list[str]) -> dict[str, float]:
     """The time of each customer's latest match stored in the funnel (none: not there)."""
-    found: dict[str, float] = {}
-    for chunk in chunks(customers):
-        found |= dict((await session.execute(select(matches.c.customer_id, func.max(matches.c.at)).where(
-            matches.c.funnel == funnel, among(matches.c.customer_id, chunk, session)).group_by(matches.c.customer_id))).tuples().all())
-    return found
+    return await latest_times(session, matches.c.at, customers, matches.c.funnel == funnel)
 
 
 def horizon(now: datetime, retention_days: float) -> datetime | None:
