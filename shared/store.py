@@ -66,6 +66,51 @@ log = logging.getLogger("funnelstream.store")
 T = TypeVar("T")
 
 
+def _sqlite_text(value: datetime | None) -> str | None:
+    """The text a UTC time is stored as on SQLite, the text SQLAlchemy's DATETIME writes for it as
+    naive UTC ("2026-12-01 04:18:36.703223"), from datetime's own isoformat, in C: SQLAlchemy
+    formats it in Python, in about half as much time again."""
+    if value is None:
+        return None
+    text = value.isoformat(" ", "microseconds")
+    if text.endswith("+00:00"):  # UTC already, whichever zone object says so: no conversion
+        return text[:-6]
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+# Moments converted, per driver: at most this many held, then forgotten at once.
+REMEMBERED_TIMES = 8192
+_held: dict[str, dict[datetime, Any]] = {}
+
+
+def _remembering(driver: str, convert: Callable[[datetime | None], Any]) -> Callable[[datetime | None], Any]:
+    """`convert` (UTCDateTime's conversion for `driver`), remembering what it returned: a batch binds
+    the same moments again and again (an event's time in each table that keeps it, a batch's time in
+    every row it writes), and each conversion costs about a microsecond, a lookup a tenth of that."""
+    held = _held.setdefault(driver, {})
+
+    def remembered(value: datetime | None) -> Any:
+        # fold=1 is left out: in one zone it compares equal to its fold=0 twin, another moment
+        if value is None or value.fold:
+            return convert(value)
+        found = held.get(value)
+        if found is None:
+            found = convert(value)  # a naive time raises here: never held
+            if len(held) >= REMEMBERED_TIMES:
+                held.clear()
+            held[value] = found
+        return found
+
+    return remembered
+
+
+sqlite_utc_text: Callable[[datetime | None], Any] = _remembering("sqlite", _sqlite_text)
+"""The text a UTCDateTime column holds on SQLite, for statements that bind it as text themselves
+(a naive time raises ValueError). UTCDateTime binds with this very function there."""
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out, on PostgreSQL and on SQLite (which keeps no zone)."""
 
@@ -85,24 +130,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    # On SQLite every datetime bound goes through here (several per event in every consumer), and
-    # SQLAlchemy's DATETIME formats it in Python. The same text ("2026-12-01 04:18:36.703223") from
-    # datetime's own isoformat, in C, takes about two thirds of the time.
+    # Every datetime bound goes through here (several per event in every consumer): on SQLite the
+    # text of `sqlite_utc_text`, elsewhere SQLAlchemy's conversion; either remembered.
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
-        if dialect.name != "sqlite":
-            return super().bind_processor(dialect)
-
-        def to_text(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            text = value.isoformat(" ", "microseconds")
-            if text.endswith("+00:00"):  # UTC already, whichever zone object says so: no conversion
-                return text[:-6]
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given to a UTC column")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-        return to_text
+        if dialect.name == "sqlite":
+            return sqlite_utc_text
+        general = super().bind_processor(dialect)
+        return None if general is None else _remembering(f"{dialect.name}+{dialect.driver}", general)
 
     # Reading, SQLAlchemy's DATETIME parses the text with a regular expression in Python; the
     # stored text with "+00:00" is what datetime.fromisoformat reads, in C, as aware UTC.

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import ClauseElement, String, Table, bindparam, delete, insert, literal_column, select, update
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,7 +61,7 @@ from shared.identity import canonical_ids, chunks, erase, erased_ids, merge_trai
 from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.metrics import EVENTS_PAST_RETENTION
 from shared.outbox import Outbox
-from shared.store import UTCDateTime, among, dialect_of, hold_lock, insert_ignoring_conflicts
+from shared.store import among, dialect_of, hold_lock, insert_ignoring_conflicts, sqlite_utc_text
 
 FUNNELS_LOCK = "funnel.definitions"
 
@@ -242,7 +241,6 @@ def _new_copies(dialect: str) -> ClauseElement:
 
 
 NEW_EVENTS = BulkWrite(_new_copies, EVENT_COLUMNS)
-SQLITE_TIME = UTCDateTime().bind_processor(sqlite.dialect())  # the text a UTC time is stored as there
 MATCH_COLUMNS = ("funnel", "event_id", "customer_id", "at", "stages", "channel")
 NEW_MATCHES = BulkWrite(inserting_new(matches), MATCH_COLUMNS)
 
@@ -289,8 +287,7 @@ def _copy_rows(copies: list[EventRow], dialect: str) -> list[tuple[Any, ...]]:
     """The copies in EVENT_COLUMNS order. On SQLite as NEW_EVENTS takes them there: the document's
     bytes as they are, the time as the text UTCDateTime writes."""
     if dialect == "sqlite":
-        assert SQLITE_TIME is not None
-        return [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, SQLITE_TIME(r.at))
+        return [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, sqlite_utc_text(r.at))
                 for r in copies]
     return [(r.event_id, r.customer_id, r.type, r.name, r.stored_document(), r.channel, r.at) for r in copies]
 

@@ -15,9 +15,8 @@ from functools import lru_cache
 
 import aiosqlite
 
-from services.ingest.ingestion import utc_text
 from services.ingest.store import packed_inbox
-from shared.store import SQLITE_PRAGMAS, Store
+from shared.store import SQLITE_PRAGMAS, Store, sqlite_utc_text
 
 BUSY_TIMEOUT_SECONDS = 30  # as the store's connections
 
@@ -37,8 +36,7 @@ class InboxWriter:
         if not rows:
             return  # requests that accepted nothing
         db = self._db or await self._open(store)
-        to_text = utc_text(store.engine.dialect)
-        await db.execute(_insert(len(rows)), [value for at, data in rows for value in (to_text(at), data)])
+        await db.execute(_insert(len(rows)), [value for at, data in rows for value in (sqlite_utc_text(at), data)])
 
     async def _open(self, store: Store) -> aiosqlite.Connection:
         db = await aiosqlite.connect(store.engine.url.database or "", timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -41,7 +40,7 @@ from shared.bulk import BulkWrite
 from shared.events import CustomerErased, CustomerLinked, Interaction, record
 from shared.identity import add_tombstones, erasure_times, id_hash
 from shared.outbox import Outbox
-from shared.store import UTCDateTime, among
+from shared.store import UTCDateTime, among, sqlite_utc_text
 
 
 async def enqueue_all(
@@ -72,14 +71,12 @@ async def accept(db: AsyncConnection, messages: list[Inbound]) -> Outbox:
     links = await _stitch(db, fresh, outbox)
     rows = []
     stored = _stored_time(db.dialect)
-    times: dict[datetime, Any] = {}  # an order's lines share occurred_at
     for message in fresh:
         own = message.own_id
         customer_id = links.get(own, own)
         body = message.body(customer_id)
         outbox.add(record(Interaction, customer_id, message.message_id, body))
-        at = message.occurred_at
-        rows.append((message.message_id, customer_id, times.get(at) or times.setdefault(at, stored(at)), body))
+        rows.append((message.message_id, customer_id, stored(message.occurred_at), body))
     await NEW_EVENTS.run(db, rows)
     return outbox
 
@@ -95,17 +92,9 @@ NEW_EVENTS = BulkWrite(_new_events, ("event_id", "customer_id", "occurred_at", "
 
 
 def _stored_time(dialect: Dialect) -> Callable[[datetime], Any]:
-    """How NEW_EVENTS takes occurred_at: on SQLite, the text UTCDateTime writes, made once per
-    distinct time rather than once per row; on PostgreSQL the time, as the statement binds it."""
-    return utc_text(dialect) if dialect.name == "sqlite" else lambda at: at
-
-
-@lru_cache(maxsize=None)
-def utc_text(dialect: Dialect) -> Callable[[datetime], str]:
-    """The text a UTCDateTime column holds on SQLite."""
-    convert = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
-    assert convert is not None
-    return convert
+    """How NEW_EVENTS takes occurred_at: on SQLite, the text UTCDateTime writes (which remembers
+    it: an order's lines share one); on PostgreSQL the time, as the statement binds it."""
+    return sqlite_utc_text if dialect.name == "sqlite" else lambda at: at
 
 
 def quarantine_row(rejection: Rejection, received_at: datetime) -> dict[str, object]:
@@ -148,9 +137,7 @@ async def _remembering(db: AsyncConnection, sent: dict[str, datetime]) -> set[st
     compiles once and no parameters are built per row."""
     if not is_sqlite(db):
         return set((await db.execute(REMEMBER_PG, {"ids": list(sent), "ats": list(sent.values())})).scalars())
-    text = utc_text(db.dialect)
-    times = {at: text(at) for at in set(sent.values())}  # a request's messages share one
-    pairs = orjson.dumps([(mid, times[at]) for mid, at in sent.items()]).decode()
+    pairs = orjson.dumps([(mid, sqlite_utc_text(at)) for mid, at in sent.items()]).decode()
     return {message_id for message_id, in await REMEMBER_SQLITE.rows(db, pairs=pairs)}
 
 

@@ -3,7 +3,7 @@ queries the API and the scheduled pass make of them (the writes that follow even
 the rules they apply: recording.py, evaluation.py, custom.py, feedback.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,39 +16,6 @@ from sqlalchemy.types import TypeDecorator
 from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables, canonical_ids
 from shared.store import BigId, UTCDateTime, add_bus_tables, dialect_of, insert_ignoring_conflicts, make_metadata
-
-
-# Moments converted for the driver, per dialect: at most this many held, then forgotten at once.
-_REMEMBERED_TIMES = 8192
-
-
-class BatchTime(UTCDateTime):
-    """UTCDateTime that remembers what it bound: a batch binds the same moments again and again
-    (an event's time in its behaviour row, its order and its profile; the batch's time in every
-    membership and history row it writes), and each conversion costs about a microsecond."""
-
-    cache_ok = True
-    _held: dict[str, dict[datetime, Any]] = {}
-
-    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
-        convert = super().bind_processor(dialect)
-        if convert is None:
-            return None
-        held = self._held.setdefault(dialect.name, {})
-
-        def remembered(value: datetime | None) -> Any:
-            # fold=1 is left out: in one zone it compares equal to its fold=0 twin, another moment
-            if value is None or value.fold:
-                return convert(value)
-            found = held.get(value)
-            if found is None:
-                found = convert(value)  # a naive time raises here: never held
-                if len(held) >= _REMEMBERED_TIMES:
-                    held.clear()
-                held[value] = found
-            return found
-
-        return remembered
 
 
 class Blob(TypeDecorator[bytes]):
@@ -73,14 +40,14 @@ profiles = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("traits", Blob, nullable=False),
     Column("traits_at", Blob, nullable=False),
-    Column("first_seen", BatchTime, nullable=False),
-    Column("last_seen", BatchTime, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
     Column("event_count", Integer, nullable=False),
     Column("order_count", Integer, nullable=False),
     Column("revenue", Float, nullable=False),
-    Column("last_order_at", BatchTime, index=True),
+    Column("last_order_at", UTCDateTime, index=True),
     Column("channel", String(50)),
-    Column("channel_at", BatchTime),
+    Column("channel_at", UTCDateTime),
     # Written by the population recompute (value tier and RFM are relative to all buyers).
     Column("value_tier", String(20)),
     Column("rfm_r", Integer),
@@ -89,9 +56,9 @@ profiles = Table(
     Column("rfm_label", String(40)),
     # The latest survey answers (docs/api.md section 11), from survey_answers by event time.
     Column("nps_score", Integer),
-    Column("nps_at", BatchTime),
+    Column("nps_at", UTCDateTime),
     Column("csat_score", Integer),
-    Column("csat_at", BatchTime),
+    Column("csat_at", UTCDateTime),
 )
 
 # Every order, so counts, revenue and the 365-day frequency stay right under late and repeated events.
@@ -100,7 +67,7 @@ orders = Table(
     metadata,
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False, index=True),
-    Column("at", BatchTime, nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
     Column("amount", Float, nullable=False),
 )
 
@@ -109,7 +76,7 @@ memberships = Table(
     metadata,
     Column("customer_id", String(200), primary_key=True),
     Column("segment", String(200), primary_key=True),
-    Column("since", BatchTime, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_memberships_segment", "segment", "customer_id"),
 )
@@ -121,7 +88,7 @@ history = Table(
     Column("customer_id", String(200), nullable=False, index=True),
     Column("segment", String(200), nullable=False),
     Column("change", String(10), nullable=False),
-    Column("at", BatchTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_membership_history_segment_at", "segment", "at"),
 )
@@ -134,7 +101,7 @@ job_runs = Table(
     "job_runs",
     metadata,
     Column("name", String(100), primary_key=True),
-    Column("last_run_at", BatchTime, nullable=False),
+    Column("last_run_at", UTCDateTime, nullable=False),
 )
 
 # Custom segments (docs/api.md section 3): the rule as the user wrote it (JSON), checked on write.
@@ -145,8 +112,8 @@ segment_definitions = Table(
     Column("name", String(200), nullable=False),
     Column("description", Text, nullable=False),
     Column("rule", Text, nullable=False),
-    Column("created_at", BatchTime, nullable=False),
-    Column("updated_at", BatchTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # The customer's track, page and screen events of the last SEGMENTATION_EVENTS_RETENTION_DAYS, for
@@ -158,7 +125,7 @@ customer_events = Table(
     Column("event_id", String(200), primary_key=True),
     Column("customer_id", String(200), nullable=False),
     Column("name", String(200), nullable=False),
-    Column("at", BatchTime, nullable=False),  # no index of its own: (name, at) serves the prune too
+    Column("at", UTCDateTime, nullable=False),  # no index of its own: (name, at) serves the prune too
     Column("properties", Blob, nullable=False),
     Index("ix_customer_events_customer_name_at", "customer_id", "name", "at"),
     Index("ix_customer_events_name_at", "name", "at"),
@@ -171,7 +138,7 @@ funnel_stages = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("funnel", String(100), primary_key=True),
     Column("stage", String(100)),
-    Column("at", BatchTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("seq", String(40)),  # FunnelStageChanged.order: the latest recorded move wins
 )
 
@@ -184,7 +151,7 @@ survey_answers = Table(
     Column("customer_id", String(200), nullable=False),
     Column("survey", String(10), nullable=False),
     Column("score", Integer, nullable=False),
-    Column("at", BatchTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
     Column("channel", String(50)),
     Index("ix_survey_answers_customer_id", "customer_id", "survey", "at"),
     Index("ix_survey_answers_survey_at", "survey", "at"),

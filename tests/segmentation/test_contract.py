@@ -1,16 +1,14 @@
 """What segmentation writes by a shorter way is what the longer one writes: the SegmentChanged
 records `apply` builds without the model are the ones `encode` writes from it (the same topic,
 key, payload bytes and headers, so the same dedupe key), for entries and exits, with and without
-microseconds, in UTC and in another zone, with text that JSON escapes; and the times and blobs its
-tables bind are what shared.store.UTCDateTime and SQLAlchemy's LargeBinary bind."""
+microseconds, in UTC and in another zone, with text that JSON escapes; and the blobs its tables
+bind are what SQLAlchemy's LargeBinary binds (its times: tests/store/test_utc_datetime.py)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import TypeAdapter
 from sqlalchemy import LargeBinary
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
@@ -18,9 +16,8 @@ from sqlalchemy.engine import Dialect
 
 from services.segmentation.evaluation import changed_record
 from shared.bus.base import Record
-from services.segmentation.store import BatchTime, Blob
+from services.segmentation.store import Blob
 from shared.events import SegmentChanged, decode, encode
-from shared.store import UTCDateTime
 
 AT = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -44,38 +41,10 @@ def test_the_record_is_what_encode_writes(customer: str, segment: str, change: s
 
 
 DIALECTS = [aiosqlite_dialect(), asyncpg_dialect()]  # type: ignore[no-untyped-call]
-BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def _bind(kind: Any, dialect: Dialect) -> Any:
     return kind().dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
-
-
-@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
-def test_a_remembered_time_binds_as_utc_datetime_binds(dialect: Dialect) -> None:
-    same_moments = [AT, AT.astimezone(timezone(timedelta(hours=2))), TypeAdapter(datetime).validate_python("2024-03-01T12:30:00Z")]
-    # 02:30 happened twice in Berlin that night: fold picks the second, an hour later, yet == the first
-    twice = [datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN), datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN, fold=1)]
-    others = [AT + timedelta(microseconds=1), AT + timedelta(days=400, seconds=7), None]
-    ours, theirs = _bind(BatchTime, dialect), _bind(UTCDateTime, dialect)
-    for value in [*same_moments, *twice, *others, *reversed(twice), *reversed(same_moments), *others]:
-        assert ours(value) == theirs(value), value
-
-
-@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
-def test_many_times_bind_right_however_many_are_remembered(dialect: Dialect) -> None:
-    ours, theirs = _bind(BatchTime, dialect), _bind(UTCDateTime, dialect)
-    moments = [AT + timedelta(seconds=i) for i in range(20_000)]
-    for value in moments + moments[::-1]:
-        assert ours(value) == theirs(value)
-
-
-@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
-def test_a_naive_time_is_refused_every_time(dialect: Dialect) -> None:
-    ours = _bind(BatchTime, dialect)
-    for _ in range(2):
-        with pytest.raises(ValueError):
-            ours(datetime(2024, 3, 1, 12, 30))
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)

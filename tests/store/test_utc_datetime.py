@@ -1,5 +1,9 @@
-"""UTCDateTime on SQLite writes exactly the text SQLAlchemy's own DATETIME writes (rows stored
-before its faster formatting read and compare the same), reads back aware UTC, refuses naive."""
+"""How every service binds a UTC time (shared.store: UTCDateTime, and `sqlite_utc_text` for the
+statements that bind SQLite's text themselves). On SQLite exactly the text SQLAlchemy's own
+DATETIME writes for the moment as naive UTC (rows stored before the faster formatting read and
+compare the same), on PostgreSQL aware UTC; read back as aware UTC; a naive time refused. Both
+remember what they bound, within a bound: the same answers in any order, from any zone, across a
+DST fold, however many moments come."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
@@ -8,13 +12,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import TypeAdapter
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared import store as shared_store
 from shared.events import Interaction
-from shared.store import UTCDateTime
+from shared.store import REMEMBERED_TIMES, UTCDateTime, sqlite_utc_text
 
 metadata = MetaData()
 moments = Table("moments", metadata, Column("id", Integer, primary_key=True),
@@ -90,8 +99,8 @@ class TestProcessors:
         dialect = sqlite.dialect()
         ours: Any = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         theirs: Any = DateTime().dialect_impl(dialect).bind_processor(dialect)
-        assert ours(at) == theirs(at.astimezone(UTC).replace(tzinfo=None))
-        assert ours(None) is None
+        assert ours(at) == theirs(at.astimezone(UTC).replace(tzinfo=None)) == sqlite_utc_text(at)
+        assert ours(None) is None and sqlite_utc_text(None) is None
 
     @pytest.mark.parametrize("stored", ["2024-03-01 12:30:00.000001", "2024-03-01 12:30:05", "0001-01-01 00:00:00.000000",
                                         "9999-12-31 23:59:59.999999", "2024-03-01", "2024-03-01T12:30:00", None])
@@ -108,8 +117,11 @@ class TestProcessors:
 
     def test_a_naive_time_is_refused(self) -> None:
         dialect = sqlite.dialect()
-        with pytest.raises(ValueError, match="naive"):
-            UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(datetime(2024, 3, 1, 12, 30))
+        for _ in range(2):  # and not remembered
+            with pytest.raises(ValueError, match="naive"):
+                UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(datetime(2024, 3, 1, 12, 30))
+            with pytest.raises(ValueError, match="naive"):
+                sqlite_utc_text(datetime(2024, 3, 1, 12, 30))
 
     @pytest.mark.parametrize("at", TIMES)
     def test_postgresql_binds_aware_utc(self, at: datetime) -> None:
@@ -117,3 +129,108 @@ class TestProcessors:
         bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         bound = bind(at) if bind is not None else UTCDateTime().process_bind_param(at, dialect)
         assert bound == at and bound.tzinfo is UTC
+
+
+# A remembered time binds as a first conversion does. The reference: the moment as naive UTC by
+# hand (its wall time less its offset), as SQLAlchemy's DATETIME writes it on SQLite, aware UTC on
+# PostgreSQL.
+DIALECTS = [sqlite.dialect(), aiosqlite_dialect(), asyncpg_dialect()]  # type: ignore[no-untyped-call]
+BERLIN = ZoneInfo("Europe/Berlin")
+AT = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
+
+
+def _naive_utc(at: datetime) -> datetime:
+    offset = at.utcoffset()
+    assert offset is not None
+    return at.replace(tzinfo=None) - offset
+
+
+def _expected(dialect: Dialect, at: datetime | None) -> Any:
+    if at is None:
+        return None
+    if dialect.name == "sqlite":
+        return DateTime().dialect_impl(dialect).bind_processor(dialect)(_naive_utc(at))  # type: ignore[misc]
+    return _naive_utc(at).replace(tzinfo=UTC)
+
+
+def _binds(dialect: Dialect) -> list[Any]:
+    """How a time is bound in `dialect`: the column type's conversion; on SQLite also the text
+    ingest and funnel bind themselves."""
+    bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert bind is not None
+    return [bind, sqlite_utc_text] if dialect.name == "sqlite" else [bind]
+
+
+def _assert_bound_as_expected(dialect: Dialect, bind: Any, at: datetime | None) -> None:
+    bound, expected = bind(at), _expected(dialect, at)
+    assert bound == expected, at
+    if dialect.name != "sqlite" and at is not None:
+        assert bound.tzinfo is UTC and bound.replace(tzinfo=None) == _naive_utc(at), at
+
+
+SAME_MOMENT = [AT, AT.astimezone(timezone(timedelta(hours=2))), AT.astimezone(BERLIN),
+               datetime(2024, 3, 1, 12, 30, tzinfo=timezone.utc),
+               TypeAdapter(datetime).validate_python("2024-03-01T12:30:00Z")]
+# 02:30 happened twice in Berlin on 2024-10-27 (CEST, then CET): fold=1 is the second, an hour
+# later, yet == the first. On 2024-03-31 it never happened: fold picks the offset before or after.
+FOLD = [datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN), datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN, fold=1)]
+GAP = [datetime(2024, 3, 31, 2, 30, tzinfo=BERLIN), datetime(2024, 3, 31, 2, 30, tzinfo=BERLIN, fold=1)]
+OTHERS = [AT + timedelta(microseconds=1), AT + timedelta(days=400, seconds=7), None,
+          datetime(2024, 10, 27, 0, 30, tzinfo=UTC), datetime(2024, 10, 27, 1, 30, tzinfo=UTC)]
+
+
+def test_the_fold_and_the_gap_by_hand() -> None:
+    assert [sqlite_utc_text(at) for at in FOLD + FOLD[::-1]] == ["2024-10-27 00:30:00.000000", "2024-10-27 01:30:00.000000",
+                                                                 "2024-10-27 01:30:00.000000", "2024-10-27 00:30:00.000000"]
+    assert [sqlite_utc_text(at) for at in GAP + GAP[::-1]] == ["2024-03-31 01:30:00.000000", "2024-03-31 00:30:00.000000",
+                                                               "2024-03-31 00:30:00.000000", "2024-03-31 01:30:00.000000"]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: f"{d.name}+{d.driver}")
+@pytest.mark.parametrize("order", ["forward", "backward"])
+def test_a_remembered_time_binds_as_the_moment_in_utc(dialect: Dialect, order: str) -> None:
+    values = [*SAME_MOMENT, *FOLD, *GAP, *OTHERS, *TestProcessors.TIMES]
+    values = values if order == "forward" else values[::-1]
+    for bind in _binds(dialect):
+        for held in shared_store._held.values():  # from nothing remembered, then all of it
+            held.clear()
+        for value in values + values[::-1] + values:
+            _assert_bound_as_expected(dialect, bind, value)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: f"{d.name}+{d.driver}")
+def test_many_times_bind_right_and_only_so_many_are_remembered(dialect: Dialect) -> None:
+    moments = [AT + timedelta(seconds=i, microseconds=i % 7) for i in range(2 * REMEMBERED_TIMES + 3000)]
+    for bind in _binds(dialect):
+        for value in moments + moments[::-1]:
+            _assert_bound_as_expected(dialect, bind, value)
+        # what is held, per driver (the memo's only state)
+        assert 0 < max(len(held) for held in shared_store._held.values()) <= REMEMBERED_TIMES
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: f"{d.name}+{d.driver}")
+def test_a_naive_time_is_refused_every_time(dialect: Dialect) -> None:
+    for bind in _binds(dialect):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="naive"):
+                bind(datetime(2024, 3, 1, 12, 30))
+
+
+async def test_both_stores_keep_each_moment_in_utc(store_url: str) -> None:
+    """Through a real connection, twice (the second time remembered): read back as the moment in
+    aware UTC; on SQLite the stored text is `sqlite_utc_text`'s."""
+    values = [v for v in (*SAME_MOMENT, *FOLD, *GAP, *OTHERS, *TestProcessors.TIMES) if v is not None]
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(moments.insert(), [{"id": i, "at": v} for i, v in enumerate(values + values)])
+            back = (await conn.execute(select(moments.c.at).order_by(moments.c.id))).scalars().all()
+            assert back == [_naive_utc(v).replace(tzinfo=UTC) for v in values + values]
+            assert all(at.tzinfo is UTC for at in back)
+            if engine.dialect.name == "sqlite":
+                stored = (await conn.execute(text("SELECT at FROM moments ORDER BY id"))).scalars().all()
+                assert stored == [sqlite_utc_text(v) for v in values + values]
+                assert stored == [_expected(engine.dialect, v) for v in values + values]
+    finally:
+        await engine.dispose()
