@@ -239,7 +239,7 @@ class ConsumerLoop:
             if self.prepare is not None:
                 await self.prepare(tx)  # first, before any row is locked (the service's own locks)
                 tx.now = self.now()  # a batch that waited for a job works at a time after it
-            fresh = await self.processed.claim(session, ids)
+            fresh = await self.processed.claim(session, ids, tx.now)
             decoded: list[Event] = []
             for mid, record in zip(ids, records, strict=True):
                 if mid in fresh:
@@ -303,31 +303,44 @@ class ProcessedMessages:
     RETURNING), where a lookup and then an insert took two statements and probed each id twice.
     Recorded before the handlers run, in their transaction: rolled back with it. On PostgreSQL a
     replica claiming an id another has claimed but not committed waits for that one to end, then
-    skips the message (it was processed) or runs it (it was rolled back)."""
+    skips the message (it was processed) or runs it (it was rolled back). Each id is stamped with
+    the batch's time on the service clock, the time pruning compares (shared/processed_ids.py)."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self._sql: dict[str, str] = {}  # per dialect: compiled once, run as the driver's SQL
+        # per dialect: compiled once, run as the driver's SQL; its parameters' names in order and
+        # how the driver takes a time
+        self._sql: dict[str, tuple[str, tuple[str, ...], Callable[[Any], Any] | None]] = {}
 
-    async def claim(self, session: AsyncSession, ids: list[str]) -> set[str]:
-        """Record `ids` as processed; returns those that were not already."""
+    async def claim(self, session: AsyncSession, ids: list[str], at: datetime) -> set[str]:
+        """Record `ids` as processed at `at`; returns those that were not already."""
         connection = await session.connection()
         dialect = connection.dialect
-        sql = self._sql.get(dialect.name)
-        if sql is None:
-            sql = self._sql[dialect.name] = str(self._statement(dialect.name).compile(dialect=dialect))
-        ids_parameter = ids if dialect.name == "postgresql" else orjson.dumps(ids).decode()
-        return set((await connection.exec_driver_sql(sql, (ids_parameter,))).scalars())
+        compiled = self._sql.get(dialect.name)
+        if compiled is None:
+            statement = self._statement(dialect.name).compile(dialect=dialect)
+            processor = self.table.c.processed_at.type.dialect_impl(dialect).bind_processor(dialect)
+            compiled = self._sql[dialect.name] = (str(statement), tuple(statement.positiontup or ()), processor)
+        sql, order, time_to_driver = compiled
+        utc = at.astimezone(UTC)  # SQLite keeps no zone: every stamp in UTC, so they compare as text
+        values = {
+            "ids": ids if dialect.name == "postgresql" else orjson.dumps(ids).decode(),
+            "at": time_to_driver(utc) if time_to_driver is not None else utc,
+        }
+        return set((await connection.exec_driver_sql(sql, tuple(values[name] for name in order))).scalars())
 
     def _statement(self, dialect: str) -> Insert:
-        column = self.table.c.message_id
+        column, stamp = self.table.c.message_id, self.table.c.processed_at
+        at = bindparam("at", type_=stamp.type)
         if dialect == "postgresql":
-            listed = select(func.unnest(bindparam("ids", type_=ARRAY(String))))
-            return pg_insert(self.table).from_select([column.name], listed).on_conflict_do_nothing().returning(column)
+            listed = select(func.unnest(bindparam("ids", type_=ARRAY(String))), at)
+            return (pg_insert(self.table).from_select([column.name, stamp.name], listed)
+                    .on_conflict_do_nothing().returning(column))
         values = func.json_each(bindparam("ids")).table_valued("value")
         # SQLite reads "SELECT ... ON CONFLICT" as a join without the WHERE (its documented ambiguity)
-        listed = select(values.c.value).where(true())
-        return sqlite_insert(self.table).from_select([column.name], listed).on_conflict_do_nothing().returning(column)
+        listed = select(values.c.value, at).where(true())
+        return (sqlite_insert(self.table).from_select([column.name, stamp.name], listed)
+                .on_conflict_do_nothing().returning(column))
 
 
 def next_offsets(records: list[Record]) -> dict[TopicPartition, int]:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -29,6 +30,7 @@ from shared.identity import resolve_erasure_key, use_erasure_key
 from shared.observability import RequestContextMiddleware
 from shared.outbox import OutboxRelay, write_outbox
 from shared.periodic import run_once_per_interval
+from shared.processed_ids import prune_processed_ids
 from shared.settings import ServiceSettings
 from shared.store import BusTables, Store, hold_lock, run_through_conflicts
 
@@ -120,9 +122,14 @@ class Runtime:
                 asyncio.create_task(_supervise(self.consumer, self.stopping), name=f"{parts.name}-consumer"))
         for name, worker in parts.workers:
             self.tasks.append(asyncio.create_task(worker(self), name=name))
-        for entry in parts.periodic:
+        for entry in [*parts.periodic, *self.shell_jobs(parts.settings)]:
             periodic = Periodic(*entry)
             self.tasks.append(asyncio.create_task(_every(periodic, self, parts.name), name=periodic.name))
+
+    def shell_jobs(self, settings: ServiceSettings) -> list[Periodic]:
+        """The periodic jobs of every service with a consumer, beside its own."""
+        days = settings.processed_ids_retention_days
+        return [processed_ids_pruning(days)] if self.consumer is not None and days > 0 else []
 
     async def stop_tasks(self, grace: float = 10.0) -> None:
         """Let every task finish its transaction in hand; cancel only what is still busy after
@@ -137,6 +144,19 @@ class Runtime:
                 log.warning("task %s did not stop within %s s; cancelling it", task.get_name(), grace)
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+PRUNE_PROCESSED_IDS_SECONDS = 3600.0  # a pass reads the whole table; an hour late is nothing to a window of days
+
+
+def processed_ids_pruning(days: float) -> Periodic:
+    """Forget the consumer's processed message ids older than `days` on the service clock
+    (shared/processed_ids.py)."""
+    async def prune(runtime: Runtime) -> None:
+        before = runtime.clock.now() - timedelta(days=days)
+        deleted = await prune_processed_ids(runtime.store, runtime.tables.processed, before, stopping=runtime.stopping)
+        log.info("pruned %d processed message ids older than %s", deleted, before.isoformat())
+    return Periodic("prune-processed-ids", PRUNE_PROCESSED_IDS_SECONDS, prune)
 
 
 def create_service_app(parts: ServiceParts, bus: Bus | None = None) -> FastAPI:

@@ -100,6 +100,13 @@ class CommonSettings(BaseSettings):
         "them (dead letters by age alone); Kafka: `retention.ms` of topics the bus creates. `0` keeps everything "
         "(replay from offset 0 needs the whole history).", ge=0, le=CENTURY_DAYS
     )
+    processed_ids_retention_days: float = common(
+        0, "PROCESSED_IDS_RETENTION_DAYS", "Days each consumer remembers the ids of the messages it processed "
+        "(`processed_messages`: a row per service per event), pruned hourly. Redelivery and the outbox relay repeat "
+        "only messages processed just before a crash, once the process is back: a window longer than any outage "
+        "covers them. An id sent again later (the same file imported again, a Kafka group whose offsets expired "
+        "reading from the start) counts again once past it. `0` keeps every id.", ge=0, le=CENTURY_DAYS
+    )
     erasure_key: str = common(
         "", "ERASURE_KEY", "Secret of the keyed hash (HMAC-SHA256) erasure tombstones keep instead of ids; the "
         "same in every process. Required off loopback."
