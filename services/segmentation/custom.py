@@ -19,7 +19,7 @@ from services.segmentation.evaluation import Wanted, apply
 from services.segmentation.facts import ProfileFacts, load_facts
 from services.segmentation.logic import builtin_segments
 from services.segmentation.rules import POPULATION_FIELDS, parse
-from services.segmentation.store import customer_events, segment_definitions
+from services.segmentation.store import customer_events, mark_facts_changed, segment_definitions
 from shared.identity import chunks
 from shared.outbox import Outbox
 from shared.rules import Rule, behaviours, evaluate, explain, fields, summary
@@ -168,6 +168,7 @@ async def prune_events(session: AsyncSession, now: datetime, retention_days: flo
         if found:
             await session.execute(customer_events.delete().where(old))
             customers |= found
+    await mark_facts_changed(session, customers)
     return customers
 
 

@@ -184,6 +184,7 @@ async def recompute_population(session: AsyncSession, now: datetime, t: Threshol
                 value_tier=bindparam("tier"), rfm_r=bindparam("r"), rfm_f=bindparam("f"), rfm_m=bindparam("m"),
                 rfm_label=bindparam("label")),
             moved)
+        await mark_facts_changed(session, [m["cid"] for m in moved])
     n = len(buyers)
     wanted = [
         Wanted(b.customer_id, {

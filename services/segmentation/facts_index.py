@@ -3,11 +3,10 @@ services/funnel/report_index.py), so `POST /api/segments:preview` reads no rows 
 changed and only the changed customers' rows otherwise.
 
 The store records which customers' facts changed (`fact_changes`, with a version in commit
-order): triggers mark writes to profiles and orders (migration 0009); a behaviour event is
-always written with its customer's profile, whose trigger marks it (0010), and the code that writes
-memberships marks their customers itself, once per transaction (0011); the index keeps the mark it
-read up to and re-reads those changed since. A profile deleted or renamed (erasure, merge) moves
-`fact_generation` and the index reloads everything. Every replica reading the same store sees
+order): every writer of profiles, memberships, behaviour events and funnel stages marks the
+customers it wrote (`mark_facts_changed`, once per transaction; no triggers since migration 0012);
+the index keeps the mark it read up to and re-reads those changed since. A profile deleted or
+renamed (erasure, merge) moves `fact_generation` (`forget_facts`) and the index reloads everything. Every replica reading the same store sees
 every replica's writes, at the cost of two small queries per preview.
 
 Customers sit in slots in the order they were first seen (no sorting per request); a customer whose

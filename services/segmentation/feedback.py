@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.logic import NPS_CATEGORIES, nps_category
-from services.segmentation.store import memberships, profiles, survey_answers
+from services.segmentation.store import mark_facts_changed, memberships, profiles, survey_answers
 from shared.events import Interaction
 from shared.identity import chunks
 from shared.metrics import SURVEY_ANSWERS_IGNORED
@@ -124,6 +124,7 @@ async def refresh_feedback(session: AsyncSession, customers: list[str]) -> None:
         columns = [f"{s}_{part}" for s in SCALES for part in ("score", "at")]
         await session.execute(update(profiles).where(profiles.c.customer_id == bindparam("b_customer_id"))
                               .values({c: bindparam(f"b_{c}") for c in columns}), values)
+    await mark_facts_changed(session, customers)  # nps.score, csat.score (none again for a batch's customers)
 
 
 def _latest(rows: Iterable[Any], key: Any) -> dict[Any, Any]:

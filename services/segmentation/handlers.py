@@ -13,7 +13,7 @@ from services.segmentation.custom import evaluate_custom
 from services.segmentation.evaluation import evaluate_customers
 from services.segmentation.logic import Thresholds
 from services.segmentation.recording import identities, merge_customer, record_interactions, record_stage_moves
-from services.segmentation.store import bus_tables, customer_tables, erasures, links
+from services.segmentation.store import bus_tables, customer_tables, erasures, forget_facts, links
 from shared.consumer import Handlers, Transaction, handlers_of, on
 from shared.events import CustomerErased, CustomerLinked, ErasureRecorded, FunnelStageChanged, Interaction
 from shared.identity import drop_outgoing_about, erase, on_erasure_recorded
@@ -86,6 +86,7 @@ def make_handlers(thresholds: Thresholds, retention_days: float) -> Handlers:
     async def on_erased(event: CustomerErased, tx: Transaction) -> None:
         await record_stages(tx)
         everyone = await erase(tx.session, links, erasures, event, customer_tables, bus_tables.outbox)
+        await forget_facts(tx.session, everyone)  # their profiles went
         batch(tx).dirty.difference_update(everyone)
         drop_outgoing_about(tx, everyone)
 

@@ -24,9 +24,10 @@ from services.segmentation.feedback import SURVEY_EVENT, record_answers, refresh
 from services.segmentation.store import (
     customer_events,
     erasures,
-    facts_marked,
+    forget_facts,
     funnel_stages,
     links,
+    mark_facts_changed,
     orders,
     profile,
     profiles,
@@ -172,7 +173,7 @@ async def record_interactions(session: AsyncSession, events: list[Interaction], 
         await NEW_ORDERS.run(session, order_rows)  # first: the profile writes sum them up
     await _fold_profiles(session, by_customer, {customer for _, customer, _, _ in order_rows})
     await record_answers(session, answers)
-    # no trigger marks these customers' facts changed: their profile write above did
+    # their facts were marked changed with their profile writes above (one mark per transaction)
     await NEW_BEHAVIOUR.run(session, _within_retention(behaviour_rows, now, retention_days))
     return set(by_customer)
 
@@ -212,7 +213,7 @@ async def _fold_profiles(session: AsyncSession, by_customer: dict[str, list[Inte
     for with_orders in (False, True):
         await NEW_PROFILES[with_orders].run(session, new[with_orders])
     await FOLD_INTO_PROFILES.run(session, changed)
-    facts_marked(session).update(by_customer)  # by the trigger on profiles: `apply` marks none of them again
+    await mark_facts_changed(session, by_customer)  # and their behaviour events: `apply` marks none of them again
 
 
 def _folded(p: Mapping[str, Any] | None, events: list[Interaction]) -> tuple[Any, ...]:
@@ -286,6 +287,7 @@ async def refresh_orders(session: AsyncSession, customers: list[str]) -> None:
     for chunk in chunks(customers):
         await session.execute(update(profiles).where(among(profiles.c.customer_id, chunk, session))
                               .values(order_totals(profiles.c.customer_id)))
+    await mark_facts_changed(session, customers)
 
 
 class StageMove(NamedTuple):
@@ -318,7 +320,9 @@ async def keep_later_stages(session: AsyncSession, moves: list[StageMove]) -> se
     written = sorted(latest.items())
     await NEW_STAGES.run(session, [move for key, move in written if key not in held])
     await MOVED_STAGES.run(session, [(m.stage, m.at, m.seq, m.customer_id, m.funnel) for key, m in written if key in held])
-    return {customer for customer, _ in latest}
+    moved = {customer for customer, _ in latest}
+    await mark_facts_changed(session, moved)
+    return moved
 
 
 async def record_stage_moves(session: AsyncSession, events: list[FunnelStageChanged], known: Identities) -> set[str]:
@@ -344,12 +348,14 @@ async def merge_customer(session: AsyncSession, merged_id: str, customer: str, n
     await _merge_funnel_stages(session, merged_id, customer)
     await apply(session, [Wanted(merged_id, {})], None, now, outbox)
     await session.execute(delete(profiles).where(profiles.c.customer_id == merged_id))
+    await forget_facts(session, [merged_id])
     into = await profile(session, customer)
     if into is None:
         await session.execute(insert(profiles).values({**old._mapping, "customer_id": customer}))
     else:
         await session.execute(update(profiles).where(profiles.c.customer_id == customer).values(
             _stored(_combined(_loaded(into), _loaded(old)))))
+    await mark_facts_changed(session, [customer])  # its profile, events, orders and stages
     await refresh_orders(session, [customer])
     await refresh_feedback(session, [customer])
 

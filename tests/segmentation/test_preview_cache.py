@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import update
 
-from services.segmentation.store import profiles
+from services.segmentation.store import mark_facts_changed, profiles
 from tests.helpers import ADMIN, READER, eventually
 from tests.segmentation.support import Segmentation, identify, order
 
@@ -87,12 +87,14 @@ class TestPreviewCache:
             await seg.send(*random_messages(rng, ref, customers + [f"n{round_}{i}" for i in range(3)], 25))
             assert await preview(seg) == expected(ref.matches(0))
 
-        # Another writer of the store (as another replica would): a plan set straight in the profile.
+        # Another writer of the store (as another replica would): a plan set straight in the profile,
+        # its customer marked changed as every writer of profiles marks them.
         target = next(c for c in sorted(ref.plan) if ref.plan[c][1] == "free")
         ref.plan[target] = (1e9, "pro")
         async with seg.runtime.store.transaction() as session:
             await session.execute(update(profiles).where(profiles.c.customer_id == target)
                                   .values(traits=orjson.dumps({"plan": "pro"})))
+            await mark_facts_changed(session, [target])
         ref.orders.setdefault(target, [])
         await seg.send(ref.order(target, -1, 150), ref.order(target, -2, 150))
         assert target in ref.matches(0)
