@@ -40,8 +40,10 @@ def _schedule_version(tx: Transaction) -> None:
 
 
 async def on_interaction(event: Interaction, tx: Transaction) -> None:
-    _pending(tx).interactions.append(event)
-    tx.defer("recommendation.record", lambda: _record(tx))
+    pending = _pending(tx)
+    if not pending.interactions:  # the batch's first (or first since a flush): not a closure per event
+        tx.defer("recommendation.record", lambda: _record(tx))
+    pending.interactions.append(event)
 
 
 async def _record(tx: Transaction) -> None:

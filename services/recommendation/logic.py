@@ -43,12 +43,14 @@ def product_id(item: Any) -> str | None:
         return None
     for key in ("product_id", "sku"):
         value = item.get(key)
-        if isinstance(value, bool) or value is None:
+        if type(value) is str:  # the common case, without the checks below
+            text = value.strip()
+        elif isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
             continue
-        if isinstance(value, (str, int, float)):
+        else:
             text = str(value).strip()
-            if text and len(text) <= MAX_ID and "\x00" not in text:
-                return text
+        if text and len(text) <= MAX_ID and "\x00" not in text:
+            return text
     return None
 
 
