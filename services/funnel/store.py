@@ -107,7 +107,8 @@ attempts = Table(
 # Per funnel: `version` goes up with every transaction that writes attempts (the row is locked
 # until that transaction commits, so versions become visible in order), and `generation` changes
 # when rows are deleted: a report index reads only the rows above the version it holds, and
-# reloads everything when the generation moved.
+# reloads everything when the generation moved. Every funnel holding attempts has its row: merges
+# and erasures find a customer's attempts by (funnel, customer_id) in each of them.
 funnel_versions = Table(
     "funnel_versions",
     metadata,

@@ -499,13 +499,23 @@ async def next_version(session: AsyncSession, funnel: str) -> Version:
     return Version(int(row.generation), int(row.version))
 
 
+async def funnels_with_attempts(session: AsyncSession) -> list[str]:
+    """Every funnel that can hold attempt rows: a funnel's first row gets its funnel_versions row
+    (`next_version`), and both go with the funnel (`remove_funnel`). Few: naming them lets a lookup
+    by customer use the (funnel, customer_id) key instead of reading every attempt."""
+    return list((await session.execute(select(funnel_versions.c.funnel).order_by(funnel_versions.c.funnel))).scalars())
+
+
 async def remove_attempts(session: AsyncSession, customers: list[str], funnel_keys: list[str] | None = None) -> None:
     """Customers leave funnels (merged away, erased): their rows become removal markers (depth 0,
     no times, no events) that report indexes apply like any change; the cleanup deletes them."""
-    held = (await session.execute(select(attempts.c.funnel).where(attempts.c.customer_id.in_(customers), attempts.c.depth > 0)
-                                  .distinct())).scalars().all()
+    keys = await funnels_with_attempts(session) if funnel_keys is None else funnel_keys
+    if not keys:
+        return
+    held = (await session.execute(select(attempts.c.funnel).where(
+        attempts.c.funnel.in_(keys), attempts.c.customer_id.in_(customers), attempts.c.depth > 0).distinct())).scalars().all()
     # Versions in key order, as recounts take them: two batches never lock them crosswise.
-    for funnel in sorted(held if funnel_keys is None else [f for f in held if f in funnel_keys]):
+    for funnel in sorted(held):
         version = await next_version(session, funnel)
         await session.execute(update(attempts).where(attempts.c.funnel == funnel, attempts.c.customer_id.in_(customers))
                               .values(depth=0, times="[]", event_ids="[]", first_at=0.0, reached_at=0.0, channel="",
@@ -515,10 +525,13 @@ async def remove_attempts(session: AsyncSession, customers: list[str], funnel_ke
 async def delete_attempts(session: AsyncSession, customers: list[str]) -> None:
     """Erased customers' attempts go at once, not as removal markers (a marker still names them):
     report indexes of those funnels reload (their generation moves)."""
-    held = (await session.execute(select(attempts.c.funnel).where(attempts.c.customer_id.in_(customers))
-                                  .distinct())).scalars().all()
+    keys = await funnels_with_attempts(session)
+    if not keys:
+        return
+    of_customers = (attempts.c.funnel.in_(keys), attempts.c.customer_id.in_(customers))
+    held = (await session.execute(select(attempts.c.funnel).where(*of_customers).distinct())).scalars().all()
     if held:
-        await session.execute(delete(attempts).where(attempts.c.customer_id.in_(customers)))
+        await session.execute(delete(attempts).where(attempts.c.funnel.in_(held), attempts.c.customer_id.in_(customers)))
         await session.execute(update(funnel_versions).where(funnel_versions.c.funnel.in_(held))
                               .values(generation=time.time_ns()))
 
