@@ -38,7 +38,7 @@ from shared.events import (
     stable_id,
     to_iso,
 )
-from shared.identity import chunks, erase, erased_ids, erasure_times, relink
+from shared.identity import chunks, erase, erased_ids, id_hash, relink
 from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.outbox import Outbox
 from shared.store import among, insert_ignoring_conflicts
@@ -284,14 +284,6 @@ async def assign(session: AsyncSession, followup_id: str, assignee: str | None, 
     await publish(session, followup_id, "assigned", now, outbox, grace)
 
 
-async def cancel_for(session: AsyncSession, customer: str, policy_keys: list[str], reason: str, now: datetime,
-                     outbox: Outbox, grace: timedelta) -> list[str]:
-    if not policy_keys:
-        return []
-    return await close(session, and_(followups.c.customer_id == customer, followups.c.policy.in_(policy_keys)),
-                       "cancelled", now, outbox, grace, reason)
-
-
 async def still_qualifies(session: AsyncSession, policy: Policy, customer: str) -> bool:
     """Is the customer still in the policy's segment or stage (a cadence goes on only then)?"""
     trigger = policy.trigger
@@ -394,9 +386,9 @@ class Changes:
     """What a batch of segment and stage changes needs, read in a few statements: erasures, the
     memberships and stages held, the policies each customer has a follow-up open under, which of
     the batch's triggers made a follow-up already (both kept current as the changes create and
-    cancel them), and the open follow-ups of the customers whose changes may cancel some. Knowing
-    these, creating and cancelling need no statement of their own: the batch's closed follow-ups
-    are updated together and its new ones inserted together, as they end the batch (issue 13)."""
+    cancel them), and the stored open follow-ups the changes may cancel. Knowing these, creating
+    and cancelling need no statement of their own: the batch's closed follow-ups are updated
+    together and its new ones inserted together, as they end the batch (issue 13)."""
 
     def __init__(self, tx: Transaction, grace: timedelta) -> None:
         self.tx, self.session, self.grace = tx, tx.session, grace
@@ -413,20 +405,25 @@ class Changes:
         self.closed: list[dict[str, Any]] = []  # stored rows closed, not updated yet
         self.now_iso = to_iso(tx.now)
 
-    async def read(self, events: list[SegmentChanged | FunnelStageChanged], trigger_keys: list[str],
-                   cancelling: set[str]) -> None:
-        """What `events` need; `trigger_keys` are those they may create follow-ups under, and
-        `cancelling` the customers whose changes may cancel follow-ups."""
-        customers = sorted({e.customer_id for e in events})
-        self.erased = await erasure_times(self.session, erasures, customers)
+    async def read(self, events: list[SegmentChanged | FunnelStageChanged], triggered: list[list[str]],
+                   cancelling: dict[str, set[str]]) -> None:
+        """What `events` need; `triggered` are the trigger keys each may create follow-ups under,
+        and `cancelling` the customers whose changes may cancel follow-ups, with the policies they
+        may cancel."""
+        self.erased = await _erasure_times(self.session, sorted({e.customer_id for e in events}))
         self.memberships = await read_keyed(self.session, memberships, "segment", (
             (e.customer_id, e.segment) for e in events if isinstance(e, SegmentChanged)))
         self.stages = await read_keyed(self.session, stages, "funnel", (
             (e.customer_id, e.funnel) for e in events if isinstance(e, FunnelStageChanged)))
-        self.open = await _open_policies(self.session, customers)
-        self.used = await _used_triggers(self.session, trigger_keys)
+        # The policies open matter only to customers whose changes may create or cancel some.
+        self.open = await _open_policies(self.session, sorted(
+            cancelling.keys() | {e.customer_id for e, keys in zip(events, triggered, strict=True) if keys}))
+        self.used = await _used_triggers(self.session, [key for keys in triggered for key in keys])
         self.held = {customer: [] for customer in cancelling}
-        self.held |= await _open_followups(self.session, sorted(cancelling & self.open.keys()))
+        # Only stored follow-ups the batch may cancel are read (and locked): almost every stage
+        # move may cancel a stalled policy's, which few customers have open.
+        self.held |= await _open_followups(self.session, sorted(
+            c for c, keys in cancelling.items() if c in self.open and not self.open[c].isdisjoint(keys)))
 
     def is_erased(self, customer: str, at: datetime) -> bool:
         return customer in self.erased and at <= self.erased[customer]
@@ -453,23 +450,20 @@ class Changes:
         self.used.add(trigger_key)
         self._publish(row, "created")
 
-    async def cancel(self, customer: str, policy_keys: list[str], reason: str) -> None:
-        """As `cancel_for` does, decided in memory: the customer's stored open follow-ups under these
-        policies first, then those this batch created (the order the store gives them)."""
+    def cancel(self, customer: str, policy_keys: list[str], reason: str) -> None:
+        """As `close` would, decided in memory: the customer's stored open follow-ups under these
+        policies first, then those this batch created (the order the store gives them). `read`
+        was told of every customer and policy the batch's changes may cancel (`cancelling`)."""
         if not self.open[customer].intersection(policy_keys):
             return
-        if customer not in self.held:  # not foreseen by `read` (never, as the handlers are): ask the store
-            await self._flush()
-            await cancel_for(self.session, customer, policy_keys, reason, self.tx.now, self.tx.outbox, self.grace)
-        else:
-            changes = {"status": "cancelled", "completed_at": self.tx.now, "open_slot": None, "reason": reason}
-            for stored, rows in ((True, self.held[customer]), (False, self.created_for[customer])):
-                for row in rows:
-                    if row["policy"] in policy_keys and row["status"] in OPEN:
-                        row.update(changes)
-                        if stored:
-                            self.closed.append(row)
-                        self._publish(row, "cancelled")
+        changes = {"status": "cancelled", "completed_at": self.tx.now, "open_slot": None, "reason": reason}
+        for stored, rows in ((True, self.held[customer]), (False, self.created_for[customer])):
+            for row in rows:
+                if row["policy"] in policy_keys and row["status"] in OPEN:
+                    row.update(changes)
+                    if stored:
+                        self.closed.append(row)
+                    self._publish(row, "cancelled")
         self.open[customer].difference_update(policy_keys)
 
     def _publish(self, row: dict[str, Any], change: str) -> None:
@@ -537,6 +531,39 @@ async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[s
     theirs = select(followups.c.id).where(followups.c.customer_id.in_(await erased_ids(session, links, event)))
     await session.execute(delete(deliveries).where(deliveries.c.followup_id.in_(theirs)))
     return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
+
+
+class _IdHashes:
+    """id -> its erasure hash (shared.identity.id_hash), remembered across batches: an HMAC per
+    customer of every batch was a twentieth of the consumer's time (issue 13). Forgotten when the
+    key changes (a probe hashed per batch tells) or when it holds too many."""
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self.probe = ""
+        self.known: dict[str, str] = {}
+
+    def of(self, ids: list[str]) -> dict[str, str]:
+        probe = id_hash("probe")
+        if probe != self.probe or len(self.known) > self.LIMIT:
+            self.probe, self.known = probe, {}
+        known = self.known
+        return {i: known.get(i) or known.setdefault(i, id_hash(i)) for i in ids}
+
+
+_ID_HASHES = _IdHashes()
+
+
+async def _erasure_times(session: AsyncSession, customers: list[str]) -> dict[str, datetime]:
+    """customer -> when they were erased, for those who were (shared.identity.erasure_times, with
+    the hashes remembered)."""
+    hashes = _ID_HASHES.of(customers)
+    by_hash: dict[str, datetime] = {}
+    for chunk in chunks(sorted(set(hashes.values()))):
+        rows = await session.execute(select(erasures.c.id_hash, erasures.c.at).where(among(erasures.c.id_hash, chunk, session)))
+        by_hash |= dict(rows.tuples().all())
+    return {i: by_hash[h] for i, h in hashes.items() if h in by_hash}
 
 
 async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[str]:

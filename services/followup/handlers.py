@@ -64,15 +64,19 @@ async def apply_changes(tx: Transaction, grace: timedelta) -> None:
     if not events:
         return
     triggers = await _triggers(tx)
-    triggered = [triggered_by(event, triggers) for event in events]
+    triggered: list[Triggered] = []
+    cancelling: dict[str, set[str]] = {}  # customer -> the policies their changes may cancel
+    for event in events:
+        triggered.append(triggered_by(event, triggers))
+        if cancelled := may_cancel(event, triggers):
+            cancelling.setdefault(event.customer_id, set()).update(cancelled)
     changes = Changes(tx, grace)
-    await changes.read(events, [key for each in triggered for _, key in each],
-                       {event.customer_id for event in events if may_cancel(event, triggers)})
+    await changes.read(events, [[key for _, key in each] for each in triggered], cancelling)
     for event, policies_triggered in zip(events, triggered, strict=True):
         if isinstance(event, SegmentChanged):
-            await on_segment_changed(event, changes, triggers, policies_triggered)
+            on_segment_changed(event, changes, triggers, policies_triggered)
         else:
-            await on_stage_changed(event, changes, triggers, policies_triggered)
+            on_stage_changed(event, changes, triggers, policies_triggered)
     await changes.write()
 
 
@@ -94,15 +98,14 @@ def triggered_by(event: SegmentChanged | FunnelStageChanged, triggers: Triggers)
     return [(v, f"{kind}|{key}|{v.policy.key}") for v in matches]
 
 
-def may_cancel(event: SegmentChanged | FunnelStageChanged, triggers: Triggers) -> bool:
-    """Does the event name policies whose open follow-ups it cancels?"""
+def may_cancel(event: SegmentChanged | FunnelStageChanged, triggers: Triggers) -> list[str]:
+    """The policies whose open follow-ups the event cancels."""
     if isinstance(event, SegmentChanged):
-        return event.change != "entered" and bool(triggers.cancelled_by_exit(event.segment))
-    return bool(triggers.cancelled_by_move(event.funnel, event.to_stage))
+        return [] if event.change == "entered" else triggers.cancelled_by_exit(event.segment)
+    return triggers.cancelled_by_move(event.funnel, event.to_stage)
 
 
-async def on_segment_changed(event: SegmentChanged, changes: Changes, triggers: Triggers,
-                             triggered: Triggered) -> None:
+def on_segment_changed(event: SegmentChanged, changes: Changes, triggers: Triggers, triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
     customer = event.customer_id  # segmentation publishes canonical ids (it merges profiles itself)
@@ -113,16 +116,17 @@ async def on_segment_changed(event: SegmentChanged, changes: Changes, triggers: 
     changes.hold(memberships, changes.memberships, key, {"customer_id": customer, "segment": event.segment,
                                                           "member": int(event.change == "entered"), "at": event.at})
     if event.change == "entered":
+        if not triggered:
+            return
         reason = f"entered {event.segment}" + (f": {event.reason}" if event.reason else "")
         for versioned, trigger_key in triggered:
             changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours), reason,
                            trigger_key)
     else:
-        await changes.cancel(customer, triggers.cancelled_by_exit(event.segment), f"left {event.segment}")
+        changes.cancel(customer, triggers.cancelled_by_exit(event.segment), f"left {event.segment}")
 
 
-async def on_stage_changed(event: FunnelStageChanged, changes: Changes, triggers: Triggers,
-                           triggered: Triggered) -> None:
+def on_stage_changed(event: FunnelStageChanged, changes: Changes, triggers: Triggers, triggered: Triggered) -> None:
     if changes.is_erased(event.customer_id, event.at):
         return
     customer = event.customer_id  # the funnel service publishes canonical ids
@@ -135,7 +139,7 @@ async def on_stage_changed(event: FunnelStageChanged, changes: Changes, triggers
     cancelled = triggers.cancelled_by_move(event.funnel, event.to_stage)
     if cancelled:
         reason = f"entered {event.funnel}/{event.to_stage}" if event.to_stage else f"left funnel {event.funnel}"
-        await changes.cancel(customer, cancelled, reason)
+        changes.cancel(customer, cancelled, reason)
     for versioned, trigger_key in triggered:  # none when the customer left the funnel
         changes.create(versioned, customer, event.at + timedelta(hours=versioned.policy.due_in_hours),
                        f"entered {event.funnel}/{event.to_stage}", trigger_key)

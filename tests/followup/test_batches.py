@@ -59,3 +59,23 @@ class TestManyChangesOfOneCustomerInOneBatch:
         await fu.settle()
         assert [(f["status"], f["reason"]) for f in await fu.of("ann")] == [("cancelled", "left value:high")]
         assert changes(await fu.events(), "ann") == [("created", "high_value_7d"), ("cancelled", "high_value_7d")]
+
+
+class TestABatchCancelsWhatItsChangesName:
+    async def test_and_leaves_the_customers_other_follow_ups_open(self, fu: Followups) -> None:
+        """Stored: ann's welcome, high-value call and stalled nudge. One batch: she moves on from
+        consideration (which cancels the nudge only) and leaves value:high (the call only)."""
+        await fu.entered("ann", "lifecycle:new")
+        await fu.entered("ann", "value:high")
+        await fu.moved("ann", "consideration")
+        await fu.advance(days=3)  # the stalled nudge is made
+        batch = [FunnelStageChanged(customer_id="ann", funnel="lifecycle", from_stage="consideration",
+                                    to_stage="interest", at=at(3.5)),
+                 SegmentChanged(customer_id="ann", segment="value:high", change="exited", at=at(3.5))]
+        await fu.runtime.bus.publish([encode(e) for e in batch])
+        await fu.settle()
+
+        found = {f["policy"]: (f["status"] == "cancelled", f["reason"]) for f in await fu.of("ann")}
+        assert found == {"welcome_new": (False, "entered lifecycle:new"),
+                         "high_value_7d": (True, "left value:high"),
+                         "stalled_consideration_3d": (True, "entered lifecycle/interest")}
