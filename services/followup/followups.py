@@ -38,7 +38,7 @@ from shared.events import (
     stable_id,
     to_iso,
 )
-from shared.identity import chunks, erase, erased_ids, id_hash, relink
+from shared.identity import chunks, erase, erased_ids, erasure_times, relink
 from shared.keyed_rows import Key, KeyedWrites, read_keyed
 from shared.outbox import Outbox
 from shared.store import among, insert_ignoring_conflicts
@@ -410,7 +410,7 @@ class Changes:
         """What `events` need; `triggered` are the trigger keys each may create follow-ups under,
         and `cancelling` the customers whose changes may cancel follow-ups, with the policies they
         may cancel."""
-        self.erased = await _erasure_times(self.session, sorted({e.customer_id for e in events}))
+        self.erased = await erasure_times(self.session, erasures, {e.customer_id for e in events})
         self.memberships = await read_keyed(self.session, memberships, "segment", (
             (e.customer_id, e.segment) for e in events if isinstance(e, SegmentChanged)))
         self.stages = await read_keyed(self.session, stages, "funnel", (
@@ -531,39 +531,6 @@ async def erase_customer(session: AsyncSession, event: CustomerErased) -> list[s
     theirs = select(followups.c.id).where(followups.c.customer_id.in_(await erased_ids(session, links, event)))
     await session.execute(delete(deliveries).where(deliveries.c.followup_id.in_(theirs)))
     return await erase(session, links, erasures, event, customer_tables, bus_tables.outbox)
-
-
-class _IdHashes:
-    """id -> its erasure hash (shared.identity.id_hash), remembered across batches: an HMAC per
-    customer of every batch was a twentieth of the consumer's time (issue 13). Forgotten when the
-    key changes (a probe hashed per batch tells) or when it holds too many."""
-
-    LIMIT = 200_000
-
-    def __init__(self) -> None:
-        self.probe = ""
-        self.known: dict[str, str] = {}
-
-    def of(self, ids: list[str]) -> dict[str, str]:
-        probe = id_hash("probe")
-        if probe != self.probe or len(self.known) > self.LIMIT:
-            self.probe, self.known = probe, {}
-        known = self.known
-        return {i: known.get(i) or known.setdefault(i, id_hash(i)) for i in ids}
-
-
-_ID_HASHES = _IdHashes()
-
-
-async def _erasure_times(session: AsyncSession, customers: list[str]) -> dict[str, datetime]:
-    """customer -> when they were erased, for those who were (shared.identity.erasure_times, with
-    the hashes remembered)."""
-    hashes = _ID_HASHES.of(customers)
-    by_hash: dict[str, datetime] = {}
-    for chunk in chunks(sorted(set(hashes.values()))):
-        rows = await session.execute(select(erasures.c.id_hash, erasures.c.at).where(among(erasures.c.id_hash, chunk, session)))
-        by_hash |= dict(rows.tuples().all())
-    return {i: by_hash[h] for i, h in hashes.items() if h in by_hash}
 
 
 async def _used_triggers(session: AsyncSession, trigger_keys: list[str]) -> set[str]:

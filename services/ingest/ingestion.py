@@ -38,7 +38,7 @@ from services.ingest.store import (
 )
 from shared.bulk import BulkWrite
 from shared.events import CustomerErased, CustomerLinked, Interaction, record
-from shared.identity import add_tombstones, erasure_times, id_hash
+from shared.identity import add_tombstones, erasure_times, tombstone_hashes
 from shared.outbox import Outbox
 from shared.store import UTCDateTime, among, sqlite_utc_text
 
@@ -267,7 +267,7 @@ async def erase(session: AsyncSession, customer_id: str, at: datetime, outbox: O
     await session.execute(delete(quarantine).where(
         or_(quarantine.c.user_id.in_(everyone), quarantine.c.anonymous_id.in_(everyone))))
     await session.execute(delete(bus_tables.outbox).where(bus_tables.outbox.c.key.in_(everyone)))
-    await add_tombstones(session, erasures, [id_hash(i) for i in everyone], at)
+    await add_tombstones(session, erasures, tombstone_hashes(everyone), at)
     erased = CustomerErased(customer_id=customer, merged_ids=merged, at=at)
     outbox.publish(erased)
     return erased

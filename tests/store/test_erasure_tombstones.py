@@ -3,6 +3,8 @@ loopback; off loopback a process without it refuses to start), and stores upgrad
 tombstones have them hashed by their migration. SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,8 +14,9 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+import shared.identity
 from shared.auth import InsecureConfig
-from shared.identity import id_hash, resolve_erasure_key, use_erasure_key
+from shared.identity import id_hash, resolve_erasure_key, tombstone_hashes, use_erasure_key
 from shared.settings import CommonSettings
 from shared.store import Store
 
@@ -40,6 +43,25 @@ class TestErasureKey:
             use_erasure_key(b"two")
             assert id_hash("ann@example.com") != first
             assert len(first) == 64 and "ann" not in first
+        finally:
+            use_erasure_key(b"dev-erasure-key")
+
+    def test_remembered_hashes_are_the_hmac_under_the_current_key_and_forget_erased_ids(self) -> None:
+        def reference(key: bytes, customer: str) -> str:
+            return hmac.new(key, customer.encode(), hashlib.sha256).hexdigest()
+
+        limit = shared.identity.REMEMBERED_HASHES
+        try:
+            use_erasure_key(b"one")
+            ids = [f"c-{n}" for n in range(limit + 50)]  # past the bound: forgotten at once, then again
+            for _ in range(2):
+                assert [id_hash(i) for i in ids] == [reference(b"one", i) for i in ids]
+                assert len(shared.identity._hashes) <= limit
+            use_erasure_key(b"two")  # a new key: nothing remembered under the old one answers
+            assert id_hash("c-1") == reference(b"two", "c-1")
+            id_hash("ann")
+            assert tombstone_hashes(["ann", "c-1"]) == [reference(b"two", "ann"), reference(b"two", "c-1")]
+            assert "ann" not in shared.identity._hashes and "c-1" not in shared.identity._hashes
         finally:
             use_erasure_key(b"dev-erasure-key")
 
