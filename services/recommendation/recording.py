@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
-from services.recommendation.logic import KINDS, country_of, facts_of, product_id
+from services.recommendation.logic import KINDS, country_of, facts_of
 from services.recommendation.store import (
     bus_tables,
     changes,
@@ -56,28 +56,21 @@ async def record_interactions(session: AsyncSession, events: list[Interaction]) 
 
 def _rows_of(batch: list[Interaction], merged: dict[str, str]) -> tuple[list[tuple[object, ...]], set[str], dict[str, tuple[float, str]]]:
     """The batch's fact rows, the customers they are about and, per customer, the country named
-    latest (by event time) with that time. A view or cart add (most events) is one row, built here
-    without `facts_of`'s Fact in between (issue 13); orders and refunds go through `facts_of`."""
+    latest (by event time) with that time. An event with neither facts nor a country (a page, a
+    sign-up) is passed over before its time and customer are worked out."""
     rows: list[tuple[object, ...]] = []
     customers: set[str] = set()
     latest: dict[str, tuple[float, str]] = {}
     for e in batch:
-        kind = KINDS.get(e.name) if e.type == "track" and e.name is not None else None
-        traits, context = e.traits, e.context
-        country = country_of(traits, context) if traits or context.get("traits") else None
-        if kind is None and country is None:
+        tracked = e.type == "track" and e.name in KINDS
+        country = country_of(e.traits, e.context)
+        if not tracked and country is None:
             continue
         customer, at = merged.get(e.customer_id, e.customer_id), e.occurred_at.timestamp()
-        if kind == "view" or kind == "cart":
-            found = product_id(e.properties)
-            if found:
-                customers.add(customer)
-                rows.append((e.event_id, 0, customer, found, kind, 1.0, "", at))
-        elif kind is not None:
-            lines = facts_of(e.name, e.properties, e.event_id, at)
-            if lines:
-                customers.add(customer)
-                rows += [(e.event_id, n, customer, *f) for n, f in enumerate(lines)]
+        lines = facts_of(e.name, e.properties, e.event_id, at) if tracked else []
+        if lines:
+            customers.add(customer)
+            rows += [(e.event_id, n, customer, *f) for n, f in enumerate(lines)]
         if country is not None and at >= latest.get(customer, (-1.0, ""))[0]:
             latest[customer] = (at, country)
     return rows, customers, latest
