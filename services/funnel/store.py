@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Column,
     Float,
@@ -19,9 +18,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
-    TableValuedAlias,
     Text,
-    bindparam,
     delete,
     func,
     insert,
@@ -31,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.customer_locks import add_customer_locks
 from shared.identity import add_identity_tables, canonical_ids, chunks
-from shared.store import BigId, UTCDateTime, add_bus_tables, dialect_of, make_metadata
+from shared.store import BigId, UTCDateTime, add_bus_tables, make_metadata, rows_of
 from shared.webhooks import delivery_columns
 
 Session = AsyncSession  # what the routes hand these queries (api.py imports no sqlalchemy)
@@ -179,14 +176,6 @@ customer_tables = (events, matches, transitions, segment_members, traits)
 # --- per customer lookups of the batches -------------------------------------------------------
 
 
-def each_of(values: list[str], session: AsyncSession) -> TableValuedAlias:
-    """The values as rows of one column `value`, from one bound parameter (a JSON array on SQLite,
-    an array on PostgreSQL)."""
-    if dialect_of(session) == "postgresql":
-        return func.unnest(bindparam(None, values, type_=ARRAY(String()))).table_valued("value").render_derived()
-    return func.json_each(bindparam(None, orjson.dumps(values).decode())).table_valued("value")
-
-
 async def latest_times(session: AsyncSession, at: Column[Any], customers: list[str], *where: Any) -> dict[str, Any]:
     """The latest `at` of each of `customers` among the rows of its table (`where` holding), for
     those who have one. A max per customer, each an index lookup with (customer_id, ..., at)
@@ -194,7 +183,7 @@ async def latest_times(session: AsyncSession, at: Column[Any], customers: list[s
     with thousands of events made every batch with them pay for all."""
     found: dict[str, Any] = {}
     for chunk in chunks(customers):
-        customer = each_of(chunk, session)
+        customer = rows_of(chunk, session)
         latest = select(func.max(at)).where(at.table.c.customer_id == customer.c.value, *where).scalar_subquery()
         found |= {c: t for c, t in await session.execute(select(customer.c.value, latest)) if t is not None}
     return found
